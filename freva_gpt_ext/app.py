@@ -1,0 +1,260 @@
+"""The `FrevaGPT` ExtensionApp: configuration, wiring and lifecycle; `jupyter freva-gpt` runs it standalone."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Dict, Float, Int, TraitType, Unicode, default
+
+from . import __version__
+from .auth import BearerValidator, FrevaRestIdentityProvider
+from .core.conversations import Conversations, TurnSettings
+from .core.llm import CatalogueError, LLMClient, ModelCatalogue
+from .core.orchestrator import Orchestrator
+from .core.prompts import PromptLibrary
+from .handlers import handlers
+from .paths import data_folder
+from .storage import MemoryThreadStore, SQLiteThreadStore, ThreadStore
+
+ENV_PREFIX = "FREVAGPT_"
+# Names deployments used before this extension existed.
+ENV_ALIASES = {"litellm_config": ("LITELLM_CONFIG",)}
+
+
+class FrevaGPT(ExtensionApp):
+    """FrevaGPT chatbot API under `<base_url>api/chatbot/`.
+
+    Every option may also be given as the environment variable `FREVAGPT_<OPTION IN CAPITALS>`
+    (e.g. `FREVAGPT_LITELLM_CONFIG`); a value set in a Jupyter config file wins over the environment.
+    """
+
+    name = "freva_gpt"
+    extension_url = "/lab"
+    load_other_extensions = True
+    description = __doc__
+
+    # -- models -------------------------------------------------------------------------------------------
+    litellm_config = Unicode(
+        "",
+        help="Path of the LiteLLM-style model catalogue YAML (`model_list`). Also $LITELLM_CONFIG.",
+    ).tag(config=True)
+    default_model = Unicode(
+        "", help="Name of the default chat model; empty: the first chat model of the catalogue."
+    ).tag(config=True)
+    topic_model = Unicode(
+        "", help="Model that summarises a thread's first message into its topic; empty: the default model."
+    ).tag(config=True)
+    openai_api_key = Unicode(
+        "", help="API key sent to OpenAI-compatible endpoints whose catalogue entry has no `api_key`."
+    ).tag(config=True)
+    llm_connect_timeout = Float(10.0, help="Seconds to wait for a connection to an LLM endpoint.").tag(config=True)
+    llm_read_timeout = Float(
+        120.0, help="Seconds an LLM may stay silent within a stream before the turn fails with an error."
+    ).tag(config=True)
+    max_tool_rounds = Int(12, help="Most tool rounds (LLM calls that ask for tools) in one turn.").tag(config=True)
+    tool_result_chars = Int(
+        20000, help="Most characters of one tool result that are sent back to the LLM (the rest is cut)."
+    ).tag(config=True)
+
+    # -- prompts ------------------------------------------------------------------------------------------
+    prompt_library = Unicode(
+        "", help="Folder of prompt sets (`<set>/starting_prompt.txt`, ...); empty: the built-in library."
+    ).tag(config=True)
+    prompt_set = Unicode("baseline", help="Prompt set used by models that name none.").tag(config=True)
+    prompt_sets = Dict(
+        default_value={},
+        help="Prompt set per model name, e.g. {'gpt-4o': 'baseline'}; wins over a model's `model_info.prompt_set`.",
+    ).tag(config=True)
+
+    # -- storage and files --------------------------------------------------------------------------------
+    data_dir = Unicode(
+        "", help="Folder of the embedded thread database and server-private state; empty: <Jupyter data dir>/freva_gpt."
+    ).tag(config=True)
+    kernel_root = Unicode(
+        "", help="Folder of the per-thread kernel working folders; empty: <Jupyter root dir>/freva-gpt."
+    ).tag(config=True)
+    memory_threads = Int(
+        1000, help="Most threads kept in memory for `store_thread=false` (least recently used are dropped)."
+    ).tag(config=True)
+
+    # -- threads and turns --------------------------------------------------------------------------------
+    thread_sharing = Bool(
+        True,
+        help="Let anyone who knows a thread id read and fork it. Off: another user's thread id is answered "
+        "like an unknown one on every route.",
+    ).tag(config=True)
+    max_input_chars = Int(100_000, help="Longest accepted user input, in characters (413 beyond).").tag(config=True)
+    heartbeat_interval = Float(
+        5.0, help="Longest silence on a stream, in seconds, before a keep-alive line is sent."
+    ).tag(config=True)
+    lease_ttl = Float(
+        30.0,
+        help="Seconds a streaming thread's lease lives without renewal: a crashed server blocks its threads "
+        "for at most this long.",
+    ).tag(config=True)
+    stop_poll_interval = Float(
+        0.25, help="Seconds between checks of a running turn for a stop requested by another server process."
+    ).tag(config=True)
+
+    # -- identity -----------------------------------------------------------------------------------------
+    owner = Unicode(
+        "",
+        help="Owner name of threads when Jupyter's own token/password login names no real user; empty: the "
+        "operating-system user. Ignored when $JUPYTERHUB_USER is set.",
+    ).tag(config=True)
+    rest_url = Unicode("", help="freva-rest base URL used to validate bearer tokens (standalone mode).").tag(
+        config=True
+    )
+    trust_proxy_headers = Bool(
+        False,
+        help="Honour X-Freva-Rest-URL and similar headers set by a trusted reverse proxy (the Freva nginx). "
+        "Never enable this when clients reach the server directly.",
+    ).tag(config=True)
+    token_cache_ttl = Float(300.0, help="Seconds a validated bearer token is remembered.").tag(config=True)
+    dev = Bool(
+        False, help="Standalone development mode: requests without a token act as `dev_user`. Never in production."
+    ).tag(config=True)
+    dev_user = Unicode("dev", help="User name of the development identity.").tag(config=True)
+
+    # -- defaults from the environment --------------------------------------------------------------------
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return str(Path(jupyter_data_dir()) / "freva_gpt")
+
+    @default("kernel_root")
+    def _default_kernel_root(self) -> str:
+        root = getattr(self.serverapp, "root_dir", None) or os.getcwd()
+        return str(Path(root) / "freva-gpt")
+
+    def _apply_environment(self) -> None:
+        """Each trait's default from FREVAGPT_<NAME>; explicit Jupyter config wins."""
+        configured = set(self.config.get(type(self).__name__, {}))
+        for name, trait in self.class_traits(config=True).items():
+            if name in configured or name in self._standard_traits:
+                continue
+            for var in (ENV_PREFIX + name.upper(), *ENV_ALIASES.get(name, ())):
+                raw = os.environ.get(var)
+                if raw is None:
+                    continue
+                try:
+                    setattr(self, name, _from_env(trait, raw))
+                except Exception as err:
+                    raise ValueError(f"${var} is not a valid value for {name}: {err}") from err
+                break
+
+    @property
+    def _standard_traits(self) -> set[str]:
+        return set(ExtensionApp.class_traits(config=True))
+
+    # -- wiring -------------------------------------------------------------------------------------------
+    def initialize_settings(self) -> None:
+        self._apply_environment()
+        try:
+            self.catalogue = ModelCatalogue.load(self.litellm_config or None, self.default_model or None)
+        except CatalogueError as err:
+            self.log.error("%s", err)
+            raise
+        if not self.catalogue.names:
+            self.log.warning(
+                "FrevaGPT has no chat model: set FREVAGPT_LITELLM_CONFIG (or c.FrevaGPT.litellm_config) to a "
+                "model catalogue; see examples/litellm_config.yaml in the project README."
+            )
+        else:
+            self.log.info(
+                "FrevaGPT models: %s (default %s)", ", ".join(self.catalogue.names), self.catalogue.default_name
+            )
+        library = Path(self.prompt_library).expanduser() if self.prompt_library else data_folder("prompt_library")
+        self.prompts = PromptLibrary(library, self.prompt_set, dict(self.prompt_sets))
+        data = Path(self.data_dir).expanduser()
+        data.mkdir(parents=True, exist_ok=True)
+        self.store: ThreadStore = SQLiteThreadStore(data / "threads.sqlite3")
+        self.memory_store = MemoryThreadStore(max_threads=self.memory_threads)
+        self.llm = LLMClient(
+            connect_timeout=self.llm_connect_timeout,
+            read_timeout=self.llm_read_timeout,
+            default_api_key=self.openai_api_key or None,
+            log=self.log,
+        )
+        self.tools: dict[str, Any] = {}
+        self.orchestrator = Orchestrator(
+            self.llm,
+            self.prompts,
+            self.tools,
+            max_tool_rounds=self.max_tool_rounds,
+            tool_result_chars=self.tool_result_chars,
+        )
+        self.conversations = Conversations(
+            TurnSettings(
+                heartbeat_interval=self.heartbeat_interval,
+                lease_ttl=self.lease_ttl,
+                stop_poll_interval=self.stop_poll_interval,
+            ),
+            self.log,
+        )
+        self.bearer: BearerValidator | None = None
+        provider = getattr(self.serverapp, "identity_provider", None)
+        if isinstance(provider, FrevaRestIdentityProvider):
+            self.bearer = BearerValidator(
+                rest_url=self.rest_url,
+                trust_proxy_headers=self.trust_proxy_headers,
+                ttl=self.token_cache_ttl,
+                timeout=self.llm_connect_timeout,
+            )
+            provider.validator = self.bearer
+            provider.dev_user = self.dev_user if self.dev else None
+        elif self.dev:
+            self.log.warning("FrevaGPT `dev` only applies to the standalone server (`jupyter freva-gpt`).")
+        self.log.info("FrevaGPT %s: threads in %s", __version__, data)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(handlers())
+
+    def store_for(self, request: Any) -> ThreadStore:
+        """The thread store serving a request (one store today; per-vault stores come with MongoDB)."""
+        return self.store
+
+    async def close_thread(self, thread_id: str) -> None:
+        """Release what tools hold for a deleted thread."""
+        for tool in self.tools.values():
+            await tool.close_thread(thread_id)
+
+    async def stop_extension(self) -> None:
+        await self.conversations.aclose()
+        for tool in self.tools.values():
+            await tool.aclose()
+        await self.llm.aclose()
+        if self.bearer is not None:
+            await self.bearer.aclose()
+        await self.memory_store.aclose()
+        await self.store.aclose()
+
+
+def _from_env(trait: TraitType, raw: str) -> Any:
+    if isinstance(trait, Dict):
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError("expected a JSON object")
+        return value
+    return trait.from_string(raw)
+
+
+# `jupyter freva-gpt`: the chatbot API alone, authenticated by freva-rest bearer tokens, as the Freva web
+# frontend and climateclaw-client expect it behind the Freva nginx.
+STANDALONE_ARGS = (
+    "--ServerApp.identity_provider_class=freva_gpt_ext.auth.FrevaRestIdentityProvider",
+    "--ServerApp.open_browser=False",
+    "--ServerApp.default_url=/api/chatbot/docs",
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Only this extension: the API server needs no JupyterLab.
+    FrevaGPT.load_other_extensions = False
+    FrevaGPT.launch_instance(argv=[*STANDALONE_ARGS, *args])

@@ -1,0 +1,304 @@
+"""Active turns: each runs as a server-owned task that stores every variant before a client may see it.
+
+A turn holds its thread's streaming lease (renewed while it runs), polls the store's stop flag (so `stop` can
+come from another server process), keeps the stream alive with heartbeats, and always ends with `StreamEnd`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from ..storage.base import ThreadStore
+from ..variants import (
+    CODE,
+    CODE_ERROR,
+    CODE_OUTPUT,
+    IMAGE,
+    RUN_VARIANTS,
+    SERVER_ERROR,
+    SERVER_HINT,
+    STOPPED_BY_USER,
+    STREAM_END,
+    TOOL_VARIANTS,
+    UNSTORED_VARIANTS,
+    USER,
+    Variant,
+    close_json_fragment,
+    hint,
+    wire_lines,
+)
+from .llm import LLMError
+
+STREAM_DONE = "Stream ended."
+
+
+class ThreadBusy(Exception):
+    """The thread is streaming already (its lease is held)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    heartbeat_interval: float
+    lease_ttl: float
+    stop_poll_interval: float
+
+
+def topic_from(text: str, limit: int = 60) -> str:
+    """A provisional topic: the start of the first user message, cut at a word boundary."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat or "New conversation"
+    cut = flat[:limit].rsplit(" ", 1)[0] or flat[:limit]
+    return cut + "…"
+
+
+class Turn:
+    """One running turn: its wire lines, its recorder and its lifecycle."""
+
+    def __init__(
+        self,
+        *,
+        thread_id: str,
+        store: ThreadStore,
+        settings: TurnSettings,
+        show_tools: bool,
+        holder: str,
+        log: logging.Logger,
+    ) -> None:
+        self.thread_id = thread_id
+        self.store = store
+        self.settings = settings
+        self.show_tools = show_tools
+        self.holder = holder
+        self.log = log
+        self.lines: list[bytes] = []
+        self.finished = False
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._last_stored: Variant | None = None
+        self._last_wire: Variant | None = None
+        self._last_line_at = time.monotonic()
+        self._status = "thinking"
+        self._images = 0
+        # The last Code not yet answered by a CodeOutput, with its arguments text so far.
+        self._open_code: Variant | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # -- reading side -------------------------------------------------------------------------------------
+    async def next_lines(self, index: int) -> tuple[list[bytes], int, bool]:
+        """Lines from `index` on, once durable; waits while there are none. Returns (lines, next index, done)."""
+        while index >= len(self.lines) and not self.finished:
+            self._wake.clear()
+            await self._wake.wait()
+        batch = self.lines[index:]
+        finished = self.finished
+        await self.store.sync()
+        return batch, index + len(batch), finished
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- writing side -------------------------------------------------------------------------------------
+    async def emit(self, v: Variant) -> None:
+        """Record `v` (buffered in the store, durable before any reader gets its line) and queue its lines."""
+        if v.variant == IMAGE and self._last_wire is not None and self._last_wire.variant == IMAGE:
+            # The web client merges adjacent lines of one variant: separate two images.
+            self._images += 1
+            self._emit_unstored(hint(image=self._images))
+        await self._record(v)
+        self._track_code(v)
+        if v.variant == SERVER_HINT and isinstance(v.content, dict) and "status" in v.content:
+            self._status = str(v.content["status"])
+        # The web frontend shows the user's message itself; hidden tools are for getthread(show_tools) only.
+        if v.variant == USER or (v.variant in TOOL_VARIANTS and not self.show_tools):
+            return
+        self._queue(v)
+
+    def _emit_unstored(self, v: Variant) -> None:
+        self._last_stored = None
+        self._queue(v)
+
+    def _queue(self, v: Variant) -> None:
+        self.lines.extend(wire_lines(v))
+        self._last_wire = v
+        self._last_line_at = time.monotonic()
+        self._wake.set()
+
+    async def _record(self, v: Variant) -> None:
+        if v.variant in UNSTORED_VARIANTS:
+            self._last_stored = None
+            return
+        last = self._last_stored
+        if last is not None and last.merges_with(v):
+            if v.content:
+                await self.store.extend_last(self.thread_id, v.content)
+            return
+        self._last_stored = Variant(v.variant, v.content, id=v.id)
+        await self.store.append(self.thread_id, v)
+
+    def _track_code(self, v: Variant) -> None:
+        if v.variant == CODE:
+            if self._open_code is not None and self._open_code.id == v.id:
+                self._open_code.content += v.content
+            else:
+                self._open_code = Variant(CODE, v.content, id=v.id)
+        elif v.variant == CODE_OUTPUT and self._open_code is not None and v.id == self._open_code.id:
+            self._open_code = None
+
+    async def _close_open_code(self, reason: str) -> None:
+        code = self._open_code
+        if code is None:
+            return
+        suffix = close_json_fragment(code.content)
+        if suffix:
+            await self.emit(Variant(CODE, suffix, id=code.id))
+        await self.emit(Variant(CODE_OUTPUT, "", id=code.id))
+        await self.emit(Variant(CODE_ERROR, reason, id=code.id))
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def run(self, producer: AsyncIterator[Variant], on_done: Callable[[], None]) -> None:
+        worker = asyncio.create_task(self._consume(producer))
+        watcher = asyncio.create_task(self._watch())
+        heart = asyncio.create_task(self._heartbeat())
+        error: str | None = None
+        reason = STREAM_DONE
+        try:
+            done, _ = await asyncio.wait({worker, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if worker in done:
+                error = worker.result()
+            else:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+                reason = STOPPED_BY_USER
+            for task in (watcher, heart):
+                task.cancel()
+            if reason == STOPPED_BY_USER:
+                await self._close_open_code("Stopped by user.")
+            else:
+                await self._close_open_code(error or "The tool call ended without a result.")
+            if error:
+                await self.emit(Variant(SERVER_ERROR, error))
+                reason = "Stream ended with an error."
+            await self.emit(Variant(STREAM_END, reason))
+        finally:
+            for task in (worker, watcher, heart):
+                task.cancel()
+            try:
+                await self.store.sync()
+                await self.store.release_lease(self.thread_id, self.holder)
+            except Exception:
+                self.log.exception("Could not finish thread %s cleanly", self.thread_id)
+            self.finished = True
+            self._wake.set()
+            on_done()
+
+    async def _consume(self, producer: AsyncIterator[Variant]) -> str | None:
+        try:
+            async for v in producer:
+                await self.emit(v)
+        except LLMError as err:
+            return str(err)
+        except Exception as err:
+            self.log.exception("Turn on thread %s failed", self.thread_id)
+            return f"The assistant failed: {type(err).__name__}: {err}"
+        return None
+
+    async def _watch(self) -> None:
+        """Returns when a stop is requested, here or (through the store) in another process."""
+        lease_due = time.monotonic() + self.settings.lease_ttl / 3
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.stop_poll_interval)
+                return
+            except TimeoutError:
+                pass
+            if await self.store.stop_requested(self.thread_id):
+                return
+            if time.monotonic() >= lease_due:
+                await self.store.renew_lease(self.thread_id, self.holder, self.settings.lease_ttl)
+                lease_due = time.monotonic() + self.settings.lease_ttl / 3
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(max(0.0, self._last_line_at + interval - time.monotonic()))
+            if time.monotonic() - self._last_line_at < interval * 0.999:
+                continue
+            last = self._last_wire
+            if last is not None and last.variant in RUN_VARIANTS:
+                # Nothing may split a run of fragments: an empty fragment keeps it open and merges away.
+                self._queue(Variant(last.variant, "", id=last.id))
+            else:
+                self._emit_unstored(hint(status=self._status))
+
+
+class Conversations:
+    """The turns running in this server process, by thread id."""
+
+    def __init__(self, settings: TurnSettings, log: logging.Logger) -> None:
+        self.settings = settings
+        self.log = log
+        self.active: dict[str, Turn] = {}
+
+    async def start(
+        self,
+        *,
+        store: ThreadStore,
+        thread_id: str,
+        owner: str,
+        model_name: str,
+        user_input: str,
+        show_tools: bool,
+        produce: Callable[[list[Variant]], AsyncIterator[Variant]],
+    ) -> Turn:
+        """Take the lease, store the user's message and start the turn; `ThreadBusy` when it streams."""
+        holder = uuid.uuid4().hex
+        if not await store.acquire_lease(thread_id, holder, self.settings.lease_ttl):
+            raise ThreadBusy(thread_id)
+        try:
+            await store.create(thread_id, owner, topic_from(user_input))
+            history = await store.read(thread_id)
+            turn = Turn(
+                thread_id=thread_id,
+                store=store,
+                settings=self.settings,
+                show_tools=show_tools,
+                holder=holder,
+                log=self.log,
+            )
+            await turn.emit(hint(thread_id=thread_id, model=model_name))
+            await turn.emit(Variant(USER, user_input))
+            producer = produce(history)
+        except BaseException:
+            await store.release_lease(thread_id, holder)
+            raise
+        self.active[thread_id] = turn
+        turn.task = asyncio.create_task(turn.run(producer, lambda: self._forget(turn)))
+        return turn
+
+    def _forget(self, turn: Turn) -> None:
+        if self.active.get(turn.thread_id) is turn:
+            del self.active[turn.thread_id]
+
+    async def stop(self, thread_id: str, store: ThreadStore) -> bool:
+        turn = self.active.get(thread_id)
+        if turn is not None and not turn.finished:
+            turn.stop()
+            return True
+        return await store.request_stop(thread_id)
+
+    async def aclose(self) -> None:
+        """Stop every turn (server shutdown); each still stores its end."""
+        turns = list(self.active.values())
+        for turn in turns:
+            turn.stop()
+        tasks = [t.task for t in turns if t.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)

@@ -1,0 +1,260 @@
+"""The model catalogue and the streaming LLM clients.
+
+OpenAI-compatible endpoints (a LiteLLM proxy, vLLM, Ollama, llama.cpp, OpenAI) are read on a lean path:
+one pooled httpx client, SSE lines parsed as they arrive. Every other model goes through litellm, which is
+imported only when such a model is used (its import is slow and it reaches for the internet unless told not to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+LEAN_PREFIXES = ("openai/", "hosted_vllm/")
+_ENV_REF = re.compile(r"^os\.environ/(\w+)$")
+
+
+class CatalogueError(Exception):
+    """The model catalogue cannot be read."""
+
+
+class LLMError(Exception):
+    """The LLM failed; the turn reports it as a `ServerError`."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One `model_list` entry of a LiteLLM-style catalogue."""
+
+    name: str
+    params: Mapping[str, Any]
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def provider_model(self) -> str:
+        return str(self.params.get("model", self.name))
+
+    @property
+    def is_chat(self) -> bool:
+        return self.info.get("mode", "chat") != "embedding"
+
+    @property
+    def supports_vision(self) -> bool:
+        return bool(self.info.get("supports_vision", False))
+
+    @property
+    def supports_tools(self) -> bool:
+        return bool(self.info.get("supports_function_calling", True))
+
+    @property
+    def prompt_set(self) -> str | None:
+        value = self.info.get("prompt_set")
+        return str(value) if value else None
+
+    @property
+    def streams_lean(self) -> bool:
+        """The rule of DESIGN.md: `openai/…` or `hosted_vllm/…` with an `api_base`, unless forced to litellm."""
+        if self.info.get("stream_via") == "litellm":
+            return False
+        return self.provider_model.startswith(LEAN_PREFIXES) and bool(self.params.get("api_base"))
+
+    def param(self, key: str) -> Any:
+        """A parameter with `os.environ/NAME` references read from the server's environment."""
+        value = self.params.get(key)
+        if isinstance(value, str) and (match := _ENV_REF.match(value)):
+            return os.environ.get(match.group(1))
+        return value
+
+
+class ModelCatalogue:
+    """The chat models in file order; the first is the default unless one is configured."""
+
+    def __init__(self, entries: list[ModelEntry], default: str | None = None) -> None:
+        self._all = entries
+        self.chat = [e for e in entries if e.is_chat]
+        self._by_name = {e.name: e for e in self.chat}
+        if default and default not in self._by_name:
+            raise CatalogueError(f"The default model {default!r} is not a chat model of the catalogue.")
+        self.default_name = default or (self.chat[0].name if self.chat else None)
+
+    @classmethod
+    def load(cls, path: str | Path | None, default: str | None = None) -> ModelCatalogue:
+        if not path:
+            return cls([], None)
+        try:
+            raw = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise CatalogueError(f"Cannot read the model catalogue {path}: {err}") from err
+        items = raw.get("model_list") if isinstance(raw, dict) else None
+        if not isinstance(items, list):
+            raise CatalogueError(f"The model catalogue {path} has no `model_list` list.")
+        entries = []
+        for item in items:
+            if not isinstance(item, dict) or not item.get("model_name"):
+                raise CatalogueError(f"Every entry of {path} needs a `model_name`.")
+            entries.append(
+                ModelEntry(
+                    name=str(item["model_name"]),
+                    params=dict(item.get("litellm_params") or {}),
+                    info=dict(item.get("model_info") or {}),
+                )
+            )
+        return cls(entries, default)
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.chat]
+
+    def get(self, name: str | None) -> ModelEntry | None:
+        return self._by_name.get(name or self.default_name or "")
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class Delta:
+    """One streamed piece of an answer: text, and/or fragments of tool calls."""
+
+    text: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+def parse_chunk(chunk: Mapping[str, Any]) -> Delta | None:
+    """Turn one OpenAI-style stream chunk into a Delta (None when it carries nothing)."""
+    choices = chunk.get("choices") or []
+    if not choices:
+        return None
+    choice = choices[0]
+    delta = choice.get("delta") or {}
+    calls = [
+        ToolCallDelta(
+            index=int(tc.get("index", 0) or 0),
+            id=tc.get("id"),
+            name=(tc.get("function") or {}).get("name"),
+            arguments=(tc.get("function") or {}).get("arguments") or "",
+        )
+        for tc in delta.get("tool_calls") or []
+    ]
+    text = delta.get("content") or ""
+    finish = choice.get("finish_reason")
+    if not text and not calls and not finish:
+        return None
+    return Delta(text=text, tool_calls=calls, finish_reason=finish)
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace").strip()[:500] or "no details"
+    err = data.get("error", data) if isinstance(data, dict) else data
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("detail") or err)[:500]
+    return str(err)[:500]
+
+
+class LLMClient:
+    """Streams chat completions. Owns one pooled HTTP client for all OpenAI-compatible upstreams."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        default_api_key: str | None = None,
+        log: Any = None,
+    ) -> None:
+        self.read_timeout = read_timeout
+        self._default_api_key = default_api_key
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=30.0, pool=30.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            trust_env=False,  # an HPC node's proxy variables must not reroute a local model endpoint
+        )
+        self._log = log
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _headers(self, model: ModelEntry) -> dict[str, str]:
+        key = model.param("api_key") or self._default_api_key
+        headers = {"Accept": "text/event-stream"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        extra = model.params.get("extra_headers")
+        if isinstance(extra, dict):
+            headers.update({str(k): str(v) for k, v in extra.items()})
+        return headers
+
+    def _body(self, model: ModelEntry, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict:
+        body: dict[str, Any] = {
+            "model": model.provider_model.split("/", 1)[1],
+            "messages": messages,
+            "stream": True,
+        }
+        for key in ("temperature", "top_p", "max_tokens", "seed", "stop"):
+            if key in model.params:
+                body[key] = model.params[key]
+        if tools:
+            body["tools"] = tools
+            body["parallel_tool_calls"] = False
+        return body
+
+    async def stream(
+        self, model: ModelEntry, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[Delta]:
+        if not model.streams_lean:
+            raise LLMError(
+                f"The model {model.name!r} needs litellm (provider model {model.provider_model!r}), "
+                "which this version does not stream yet; use an OpenAI-compatible endpoint (api_base)."
+            )
+        url = str(model.param("api_base")).rstrip("/") + "/chat/completions"
+        body = self._body(model, messages, tools or [])
+        try:
+            async with self._http.stream("POST", url, json=body, headers=self._headers(model)) as response:
+                if response.status_code >= 400:
+                    detail = _error_text(await response.aread())
+                    raise LLMError(f"The LLM answered {response.status_code}: {detail}", response.status_code)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError as err:
+                        raise LLMError("The LLM sent a malformed stream chunk.") from err
+                    if isinstance(chunk, dict) and chunk.get("error"):
+                        raise LLMError(f"The LLM reported an error: {_error_text(data.encode())}")
+                    delta = parse_chunk(chunk) if isinstance(chunk, dict) else None
+                    if delta is not None:
+                        yield delta
+        except httpx.TimeoutException as err:
+            raise LLMError(f"The LLM did not answer within {self.read_timeout:g} s.") from err
+        except httpx.HTTPError as err:
+            raise LLMError(f"The connection to the LLM failed: {type(err).__name__}.") from err
+
+    async def complete(self, model: ModelEntry, messages: list[dict[str, Any]]) -> str:
+        """A whole (non-streamed) answer, for short side tasks."""
+        parts = [d.text async for d in self.stream(model, messages)]
+        return "".join(parts)

@@ -1,0 +1,169 @@
+"""One turn of the assistant: an async generator of variants, knowing nothing of HTTP or storage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..tools.base import Tool, ToolContext, openai_function
+from ..variants import (
+    ASSISTANT,
+    CODE,
+    CODE_ERROR,
+    CODE_OUTPUT,
+    CODE_TOOL_NAME,
+    SERVER_ERROR,
+    TOOL_CALL,
+    TOOL_OUTPUT,
+    Variant,
+    hint,
+)
+from .llm import LLMClient, ModelEntry
+from .prompts import PromptLibrary, build_messages
+
+
+@dataclass(slots=True)
+class TurnInput:
+    thread_id: str
+    owner: str
+    model: ModelEntry
+    user_input: str
+    history: list[Variant]
+    ctx: ToolContext
+    # Tool-call ids already used in the thread: providers reuse ids like `call_1` across turns.
+    used_ids: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Call:
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+    first: bool = False
+    live: bool = False  # its Code fragments were streamed while the LLM produced them
+
+    @property
+    def is_code(self) -> bool:
+        return self.name == CODE_TOOL_NAME
+
+
+def unique_id(raw: str | None, used: set[str], fallback: int) -> str:
+    base = raw or f"call_{fallback}"
+    candidate, n = base, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{base}_{n}"
+    used.add(candidate)
+    return candidate
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        llm: LLMClient,
+        prompts: PromptLibrary,
+        tools: Mapping[str, Tool],
+        *,
+        max_tool_rounds: int,
+        tool_result_chars: int,
+    ) -> None:
+        self.llm = llm
+        self.prompts = prompts
+        self.tools = tools
+        self.max_tool_rounds = max_tool_rounds
+        self.tool_result_chars = tool_result_chars
+
+    async def run(self, turn: TurnInput) -> AsyncIterator[Variant]:
+        model = turn.model
+        prompt_set = self.prompts.load(self.prompts.name_for(model.name, model.prompt_set))
+        # The history is converted once per turn; tool rounds only append to it.
+        messages = build_messages(prompt_set, turn.history, turn.user_input, vision=model.supports_vision)
+        specs = [openai_function(t) for t in self.tools.values()] if model.supports_tools else []
+        for round_no in range(self.max_tool_rounds + 1):
+            if round_no:
+                yield hint(status="thinking")
+            calls: dict[int, _Call] = {}
+            text: list[str] = []
+            live: _Call | None = None
+            async for delta in self.llm.stream(model, messages, specs):
+                if delta.text:
+                    text.append(delta.text)
+                    yield Variant(ASSISTANT, delta.text, model=model.name)
+                for part in delta.tool_calls:
+                    call = calls.get(part.index)
+                    if call is None:
+                        call = calls[part.index] = _Call(part.index, first=not calls)
+                        call.id = unique_id(part.id, turn.used_ids, len(turn.used_ids) + 1)
+                    # Some servers repeat name and id in every chunk: the first ones count.
+                    if part.name and not call.name:
+                        call.name = part.name
+                    call.arguments += part.arguments
+                    # Only the answer's first call streams live; later ones wait for its output.
+                    if live is None and call.first and call.is_code:
+                        live = call
+                        call.live = True
+                    if call is live and part.arguments:
+                        yield Variant(CODE, part.arguments, id=call.id)
+            if not calls:
+                return
+            ordered = [calls[i] for i in sorted(calls)]
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": "".join(text) or None,
+                    "tool_calls": [
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        for c in ordered
+                    ],
+                }
+            )
+            for call in ordered:
+                result: list[str] = []
+                async for v in self._run_call(call, turn.ctx):
+                    if v.variant in (CODE_OUTPUT, TOOL_OUTPUT, CODE_ERROR) and isinstance(v.content, str):
+                        result.append(v.content)
+                    yield v
+                content = "\n".join(p for p in result if p)
+                if len(content) > self.tool_result_chars:
+                    content = content[: self.tool_result_chars] + "\n[output truncated]"
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+        yield Variant(
+            SERVER_ERROR,
+            f"The assistant used tools {self.max_tool_rounds} times in a row without answering; "
+            "stopped here. Ask again or narrow the request.",
+        )
+
+    async def _run_call(self, call: _Call, ctx: ToolContext) -> AsyncIterator[Variant]:
+        if call.is_code:
+            if not call.live:
+                yield Variant(CODE, call.arguments, id=call.id)
+        else:
+            yield Variant(TOOL_CALL, call.arguments, id=call.id, tool_name=call.name)
+        tool = self.tools.get(call.name)
+        failure = None
+        arguments: dict[str, Any] = {}
+        if tool is None:
+            failure = f"Unknown tool {call.name!r}."
+        else:
+            try:
+                parsed = json.loads(call.arguments or "{}")
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                arguments = parsed
+            else:
+                failure = "The tool arguments are not a JSON object."
+        if failure is not None:
+            if call.is_code:
+                yield Variant(CODE_OUTPUT, "", id=call.id)
+                yield Variant(CODE_ERROR, failure, id=call.id)
+            else:
+                yield Variant(TOOL_OUTPUT, failure, id=call.id, tool_name=call.name)
+            return
+        yield hint(status="executing" if call.is_code else "searching")
+        assert tool is not None
+        async for v in tool.run(call.id, arguments, ctx):
+            yield v

@@ -1,0 +1,118 @@
+"""Prompt sets and the conversion of a thread into the chat messages an LLM receives."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from ..variants import (
+    ASSISTANT,
+    CODE,
+    CODE_ERROR,
+    CODE_OUTPUT,
+    CODE_TOOL_NAME,
+    IMAGE,
+    TOOL_CALL,
+    TOOL_OUTPUT,
+    USER,
+    Variant,
+    from_stored,
+    history_with_interruptions,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSet:
+    name: str
+    starting: str
+    summary: str
+    examples: tuple[Variant, ...]
+
+
+class PromptLibrary:
+    """A folder of prompt sets (`<set>/starting_prompt.txt`, `summary_prompt.txt`, optional `examples.jsonl`)."""
+
+    def __init__(self, root: Path, default_set: str, per_model: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.default_set = default_set
+        self.per_model = dict(per_model or {})
+        self.load(default_set)  # fail at start-up, not in the first turn
+
+    def name_for(self, model_name: str, model_prompt_set: str | None) -> str:
+        return self.per_model.get(model_name) or model_prompt_set or self.default_set
+
+    def load(self, name: str) -> PromptSet:
+        return _load_set(self.root, name)
+
+
+@cache
+def _load_set(root: Path, name: str) -> PromptSet:
+    folder = root / name
+    if not (folder / "starting_prompt.txt").is_file():
+        raise FileNotFoundError(f"The prompt set {name!r} has no starting_prompt.txt in {folder}.")
+    summary_file = folder / "summary_prompt.txt"
+    examples_file = folder / "examples.jsonl"
+    examples: list[Variant] = []
+    if examples_file.is_file():
+        for line in examples_file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                examples.append(from_stored(json.loads(line)))
+    return PromptSet(
+        name=name,
+        starting=(folder / "starting_prompt.txt").read_text(encoding="utf-8").strip(),
+        summary=summary_file.read_text(encoding="utf-8").strip() if summary_file.is_file() else "",
+        examples=tuple(examples),
+    )
+
+
+def build_messages(
+    prompt_set: PromptSet, history: list[Variant], user_input: str, *, vision: bool
+) -> list[dict[str, Any]]:
+    """System prompts, few-shot examples, the thread so far and the new user message, in that order."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": prompt_set.starting}]
+    messages.extend(to_messages(list(prompt_set.examples), vision=False))
+    if prompt_set.summary:
+        messages.append({"role": "system", "content": prompt_set.summary})
+    messages.extend(to_messages(history, vision=vision))
+    messages.append({"role": "user", "content": user_input})
+    return messages
+
+
+def to_messages(variants: list[Variant], *, vision: bool) -> list[dict[str, Any]]:
+    """Stored variants as OpenAI chat messages; the tool results carry their errors."""
+    messages: list[dict[str, Any]] = []
+    results: dict[str, dict[str, Any]] = {}
+    for v in history_with_interruptions(variants):
+        if v.variant == USER:
+            messages.append({"role": "user", "content": str(v.content)})
+        elif v.variant == ASSISTANT:
+            messages.append({"role": "assistant", "content": str(v.content)})
+        elif v.variant in (CODE, TOOL_CALL):
+            call = {
+                "id": v.id or "",
+                "type": "function",
+                "function": {
+                    "name": CODE_TOOL_NAME if v.variant == CODE else (v.tool_name or "tool"),
+                    "arguments": str(v.content),
+                },
+            }
+            last = messages[-1] if messages else None
+            # Text and the tool call it led to came from one LLM answer: send them as one message.
+            if last and last["role"] == "assistant" and not last.get("tool_calls") and v.id not in results:
+                last["tool_calls"] = [call]
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif v.variant in (CODE_OUTPUT, TOOL_OUTPUT):
+            result = {"role": "tool", "tool_call_id": v.id or "", "content": str(v.content)}
+            results[v.id or ""] = result
+            messages.append(result)
+        elif v.variant == CODE_ERROR and (v.id or "") in results:
+            result = results[v.id or ""]
+            result["content"] = f"{result['content']}\n{v.content}".lstrip("\n")
+        elif v.variant == IMAGE and vision:
+            url = f"data:image/png;base64,{v.content}"
+            messages.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]})
+    return messages

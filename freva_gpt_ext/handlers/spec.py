@@ -1,0 +1,169 @@
+"""The one description of the chatbot routes: `help`, `docs` and `openapi.json` are generated from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "/api/chatbot/"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: str  # "string" | "integer" | "boolean"
+    description: str
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    summary: str
+    params: tuple[Param, ...] = field(default_factory=tuple)
+    answer: str = "application/json"
+    authenticated: bool = True
+
+
+THREAD = Param("thread_id", "string", "Thread id (`[A-Za-z0-9_-]{1,64}`).", required=True)
+PAGING = (
+    Param("num_threads", "integer", "Page size, 1-100 (default 20)."),
+    Param("page", "integer", "0-based page number (default 0)."),
+)
+SHOW_TOOLS = Param("show_tools", "boolean", "Include ToolCall/ToolOutput variants (default false).")
+
+ROUTES: tuple[Route, ...] = (
+    Route("ping", "Liveness check: `{status, version}`. Needs no authentication.", authenticated=False),
+    Route("help", "Help on every route, or on one.", (Param("endpoint", "string", "Name of one route."),)),
+    Route("docs", "Human-readable documentation of this API.", answer="text/markdown"),
+    Route("openapi.json", "The OpenAPI 3 document of this API."),
+    Route("availablechatbots", "Names of the chat models in catalogue order; the first is the default."),
+    Route("newthread", "A fresh, unguessable thread id (nothing is recorded)."),
+    Route(
+        "streamresponse",
+        "Ask the assistant. Answers an NDJSON stream: one `{variant, content}` object per line, first a "
+        "`ServerHint` with the thread id and model, last a `StreamEnd`.",
+        (
+            Param("input", "string", "The user's message (may be empty).", required=True),
+            Param(
+                "thread_id",
+                "string",
+                "Thread to continue; empty or missing starts a new one; another user's thread is forked.",
+            ),
+            Param("chatbot", "string", "Model name from `availablechatbots` (empty: the default)."),
+            Param("store_thread", "boolean", "Store the thread (default true); false keeps it in memory only."),
+            SHOW_TOOLS,
+            Param("kernel_id", "string", "Run code in this Jupyter kernel (Jupyter only)."),
+            Param("notebook_path", "string", "Run code in the kernel of this notebook (Jupyter only)."),
+        ),
+        answer="application/x-ndjson",
+    ),
+    Route("stop", "Stop the thread's running answer.", (THREAD,)),
+    Route("getthread", "The stored variants of a thread.", (THREAD, SHOW_TOOLS)),
+    Route("getuserthreads", "The caller's threads, newest activity first: `[[threads], total]`.", PAGING),
+    Route(
+        "searchthreads",
+        "The caller's threads whose topic or messages contain `query` (any case): `[[threads], total]`.",
+        (Param("query", "string", "Text to look for.", required=True), *PAGING),
+    ),
+    Route(
+        "setthreadtopic",
+        "Rename a thread.",
+        (THREAD, Param("topic", "string", "The new topic.", required=True)),
+    ),
+    Route("deletethread", "Delete a thread, its feedback and its kernel (files stay).", (THREAD,)),
+    Route(
+        "editthread",
+        "Fork a thread before one of its user messages: `{new_thread_id, history}`.",
+        (
+            Param("source_thread_id", "string", "The thread to fork.", required=True),
+            Param("user_index", "integer", "0-based index among the thread's User messages.", required=True),
+        ),
+    ),
+    Route(
+        "userfeedback",
+        "Rate an answer: `up`, `down`, free text, or `remove`.",
+        (
+            THREAD,
+            Param("feedback_index", "integer", "0-based index among Assistant and Code messages.", required=True),
+            Param("feedback", "string", "`up`, `down`, free text, or `remove`.", required=True),
+        ),
+    ),
+)
+
+BY_NAME = {r.name: r for r in ROUTES}
+
+
+def help_text(route: Route) -> str:
+    text = route.summary
+    if route.params:
+        parts = [f"`{p.name}`{' (required)' if p.required else ''}: {p.description}" for p in route.params]
+        text += " Parameters: " + "; ".join(parts)
+    return text + " GET with query parameters or POST with a JSON body."
+
+
+def docs_markdown(version: str) -> str:
+    lines = [
+        f"# FrevaGPT chatbot API {version}",
+        "",
+        "Every route answers GET (query parameters) and POST (a JSON object body with the same fields).",
+        'Errors are JSON `{"detail": "..."}`.',
+        "",
+    ]
+    for route in ROUTES:
+        lines += [f"## `{PREFIX}{route.name}`", "", route.summary, ""]
+        for p in route.params:
+            lines.append(f"- `{p.name}` ({p.type}{', required' if p.required else ''}): {p.description}")
+        lines += ["", f"Answer: `{route.answer}`.", ""]
+    return "\n".join(lines)
+
+
+def openapi(version: str) -> dict[str, Any]:
+    error = {
+        "description": "Error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        params = [
+            {
+                "name": p.name,
+                "in": "query",
+                "required": p.required,
+                "description": p.description,
+                "schema": {"type": p.type},
+            }
+            for p in route.params
+        ]
+        body_schema = {
+            "type": "object",
+            "properties": {p.name: {"type": p.type, "description": p.description} for p in route.params},
+        }
+        ok = {"description": "Success", "content": {route.answer: {}}}
+        responses = {"200": ok, "default": error}
+        get_op: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": f"get_{route.name.replace('.', '_')}",
+            "parameters": params,
+            "responses": responses,
+        }
+        post_op: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": f"post_{route.name.replace('.', '_')}",
+            "parameters": [{**p, "required": False} for p in params],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": body_schema}}},
+            "responses": responses,
+        }
+        if not route.authenticated:
+            get_op["security"] = post_op["security"] = []
+        paths[PREFIX + route.name] = {"get": get_op, "post": post_op}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "FrevaGPT chatbot API", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": {"type": "object", "properties": {"detail": {"type": "string"}}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }

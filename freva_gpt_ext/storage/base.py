@@ -1,0 +1,93 @@
+"""The thread store seam: every backend (embedded SQLite, in-memory, MongoDB) keeps this contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from ..variants import Variant
+
+
+@dataclass(slots=True)
+class ThreadInfo:
+    """A thread as listings show it: no content."""
+
+    thread_id: str
+    user_id: str
+    topic: str
+    updated: float  # POSIX seconds of the last activity
+
+    def listing(self) -> dict[str, str]:
+        date = datetime.fromtimestamp(self.updated, tz=UTC).isoformat().replace("+00:00", "Z")
+        return {"user_id": self.user_id, "thread_id": self.thread_id, "date": date, "topic": self.topic}
+
+
+class StoreError(Exception):
+    """The store (database) failed; handlers answer 503."""
+
+
+@runtime_checkable
+class ThreadStore(Protocol):
+    """Async thread persistence.
+
+    Writes (`create`, `append`, `extend_last`) may be buffered by the store so that many stream fragments
+    cost one transaction; `sync()` makes everything written so far durable and must be awaited before a
+    client is shown what was written. Reads always see every earlier write.
+    """
+
+    async def create(self, thread_id: str, user_id: str, topic: str = "") -> None:
+        """Create an empty thread; a no-op when it exists."""
+
+    async def info(self, thread_id: str) -> ThreadInfo | None:
+        """The thread's owner, topic and last activity, or None when unknown."""
+
+    async def append(self, thread_id: str, variant: Variant) -> None:
+        """Add a variant at the end of the thread and touch its activity time."""
+
+    async def extend_last(self, thread_id: str, text: str) -> None:
+        """Concatenate `text` to the string content of the thread's last variant (a streamed run)."""
+
+    async def sync(self) -> None:
+        """Make every write so far durable."""
+
+    async def read(self, thread_id: str) -> list[Variant]:
+        """All variants of the thread in order (empty when unknown)."""
+
+    async def list_threads(self, user_id: str, limit: int, offset: int) -> tuple[list[ThreadInfo], int]:
+        """A page of the user's threads, newest activity first, and their total count."""
+
+    async def search(self, user_id: str, query: str, limit: int, offset: int) -> tuple[list[ThreadInfo], int]:
+        """Like `list_threads`, only threads whose topic or message text contains `query` (any case)."""
+
+    async def set_topic(self, thread_id: str, topic: str) -> None: ...
+
+    async def delete(self, thread_id: str) -> None:
+        """Remove the thread with its feedback and lease."""
+
+    async def fork(self, source_id: str, new_id: str, user_id: str, variants: list[Variant], topic: str) -> None:
+        """Create `new_id` for `user_id` holding `variants` (taken from `source_id`), in one step."""
+
+    async def set_feedback(self, thread_id: str, index: int, feedback: str | None) -> bool:
+        """Set (or with None remove) feedback on the `index`-th Assistant/Code variant.
+
+        Returns False when there is no such variant, or when removing feedback that is absent.
+        """
+
+    async def acquire_lease(self, thread_id: str, holder: str, ttl: float) -> bool:
+        """Take the thread's streaming lease unless another holder has a live one; clears the stop flag."""
+
+    async def renew_lease(self, thread_id: str, holder: str, ttl: float) -> bool:
+        """Extend the lease; False when it was lost (expired and taken)."""
+
+    async def release_lease(self, thread_id: str, holder: str) -> None: ...
+
+    async def lease_holder(self, thread_id: str) -> str | None:
+        """The holder of the live lease, if any."""
+
+    async def request_stop(self, thread_id: str) -> bool:
+        """Raise the stop flag of a thread whose lease is live; False when nothing streams."""
+
+    async def stop_requested(self, thread_id: str) -> bool: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,48 @@
+"""The tool seam: what the turn engine needs of anything the LLM may call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..variants import Variant
+
+
+@dataclass(slots=True)
+class ToolContext:
+    """What a tool may know about the turn that calls it."""
+
+    thread_id: str
+    owner: str
+    vision: bool = False
+    kernel_id: str | None = None
+    notebook_path: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Tells the turn the tool is alive and what it is doing (a heartbeat status such as "executing").
+    heartbeat: Callable[[str], Awaitable[None]] | None = None
+
+
+@runtime_checkable
+class Tool(Protocol):
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
+
+    def run(self, call_id: str, arguments: dict[str, Any], ctx: ToolContext) -> AsyncIterator[Variant]:
+        """Yield the variants of the result (`CodeOutput`/`Image`/`CodeError` or `ToolOutput`).
+
+        Must honour cancellation (a stopped turn cancels the task iterating it).
+        """
+
+    async def close_thread(self, thread_id: str) -> None:
+        """Release what the tool holds for a thread (e.g. its kernel)."""
+
+    async def aclose(self) -> None: ...
+
+
+def openai_function(tool: Tool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+    }

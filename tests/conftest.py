@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fake_llm import FakeLLM, catalogue_yaml
+
+pytest_plugins = ("pytest_jupyter.jupyter_server",)
+
+
+@pytest.fixture
+def fake_llm(jp_asyncio_loop) -> Iterator[FakeLLM]:
+    server = FakeLLM()
+    jp_asyncio_loop.run_until_complete(server.start())
+    yield server
+    jp_asyncio_loop.run_until_complete(server.stop())
+
+
+@pytest.fixture
+def catalogue(tmp_path: Path, fake_llm: FakeLLM) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(catalogue_yaml(fake_llm.base_url))
+    return path
+
+
+@pytest.fixture
+def freva_config() -> dict[str, Any]:
+    """Per-test overrides of c.FrevaGPT (a test changes it before the server starts)."""
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(tmp_path: Path, catalogue: Path, freva_config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ServerApp": {
+            "jpserver_extensions": {"freva_gpt_ext": True},
+            "allow_unauthenticated_access": False,
+            "identity_provider_class": "tests.identity.TwoUsersIdentityProvider",
+        },
+        "FrevaGPT": {
+            "litellm_config": str(catalogue),
+            "data_dir": str(tmp_path / "data"),
+            "heartbeat_interval": 0.2,
+            "stop_poll_interval": 0.05,
+            "lease_ttl": 5.0,
+            "llm_read_timeout": 10.0,
+            **freva_config,
+        },
+    }
+
+
+def parse_lines(body: bytes) -> list[dict[str, Any]]:
+    text = body.decode("ascii")  # the stream escapes everything non-ASCII
+    assert text == "" or text.endswith("\n"), "every line ends with a newline"
+    return [json.loads(line) for line in text.split("\n") if line]
+
+
+@pytest.fixture
+def api(jp_fetch) -> Callable[..., Any]:
+    """Call a chatbot route as a user: `await api("getthread", user="bob", thread_id=...)`."""
+
+    async def call(
+        route: str, *, user: str = "alice", method: str = "GET", raise_error: bool = True, **params: Any
+    ):
+        headers = {"Authorization": f"token {user}"} if user else {}
+        if method == "POST":
+            return await jp_fetch(
+                "api", "chatbot", route,
+                method="POST", body=json.dumps(params), headers=headers, raise_error=raise_error,
+            )
+        query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
+        return await jp_fetch("api", "chatbot", route, params=query, headers=headers, raise_error=raise_error)
+
+    return call
+
+
+def body_json(response: Any) -> Any:
+    return json.loads(response.body)

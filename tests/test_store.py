@@ -1,0 +1,508 @@
+"""The thread store contract, run against every embedded backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from freva_gpt_ext.storage import (
+    MemoryThreadStore,
+    SQLiteThreadStore,
+    StoreError,
+    ThreadInfo,
+    ThreadStore,
+)
+from freva_gpt_ext.variants import Variant
+
+ALICE = "alice"
+BOB = "bob"
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, jp_asyncio_loop: asyncio.AbstractEventLoop
+) -> Iterator[ThreadStore]:
+    made: ThreadStore = (
+        SQLiteThreadStore(tmp_path / "db" / "threads.sqlite") if request.param == "sqlite" else MemoryThreadStore()
+    )
+    yield made
+    jp_asyncio_loop.run_until_complete(made.aclose())
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "threads.sqlite"
+
+
+@pytest.fixture
+def sqlite_pair(
+    db_path: Path, jp_asyncio_loop: asyncio.AbstractEventLoop
+) -> Iterator[tuple[SQLiteThreadStore, SQLiteThreadStore]]:
+    """Two stores on one file: two Jupyter servers sharing a data dir."""
+    first = SQLiteThreadStore(db_path)
+    second = SQLiteThreadStore(db_path)
+    yield first, second
+    jp_asyncio_loop.run_until_complete(first.aclose())
+    jp_asyncio_loop.run_until_complete(second.aclose())
+
+
+async def _thread(store: ThreadStore, thread_id: str, user: str = ALICE, topic: str = "", *texts: str) -> None:
+    await store.create(thread_id, user, topic)
+    for text in texts:
+        await store.append(thread_id, Variant("User", text))
+
+
+def _ids(infos: list[ThreadInfo]) -> list[str]:
+    return [i.thread_id for i in infos]
+
+
+# -- round trip -------------------------------------------------------------------------------------
+
+
+async def test_protocol_is_implemented(store: ThreadStore) -> None:
+    assert isinstance(store, ThreadStore)
+
+
+async def test_round_trip_with_extend_before_and_after_sync(store: ThreadStore) -> None:
+    await store.create("t1", ALICE, "ERA5")
+    await store.append("t1", Variant("User", "plot ERA5"))
+    await store.append("t1", Variant("Assistant", "Hel", model="gpt-x"))
+    # Extended right after the append, before anything was flushed.
+    await store.extend_last("t1", "lo")
+    await store.extend_last("t1", " world")
+    await store.append("t1", Variant("Code", '{"code": "pri', id="call_1"))
+    await store.extend_last("t1", 'nt(1)"}')
+    await store.append("t1", Variant("CodeOutput", "1\n", id="call_1"))
+    await store.append("t1", Variant("ServerHint", {"thread_id": "t1", "n": 3}))
+    await store.append("t1", Variant("Code", ["x = 1", "legacy_id"]))
+    await store.append("t1", Variant("ToolCall", '{"q": "cdo"}', id="call_2", tool_name="get_context"))
+    expected = [
+        Variant("User", "plot ERA5"),
+        Variant("Assistant", "Hello world", model="gpt-x"),
+        Variant("Code", '{"code": "print(1)"}', id="call_1"),
+        Variant("CodeOutput", "1\n", id="call_1"),
+        Variant("ServerHint", {"thread_id": "t1", "n": 3}),
+        Variant("Code", ["x = 1", "legacy_id"]),
+        Variant("ToolCall", '{"q": "cdo"}', id="call_2", tool_name="get_context"),
+    ]
+    assert await store.read("t1") == expected
+    await store.sync()
+    assert await store.read("t1") == expected
+
+    # Extending after a flush goes to the stored last variant, several times in a row.
+    await store.append("t1", Variant("Assistant", "Done"))
+    await store.sync()
+    await store.extend_last("t1", ".")
+    await store.extend_last("t1", "..")
+    assert (await store.read("t1"))[-1] == Variant("Assistant", "Done...")
+
+
+async def test_extend_leaves_non_text_content_alone(store: ThreadStore) -> None:
+    await store.create("t1", ALICE)
+    await store.extend_last("t1", "nothing to extend")
+    await store.append("t1", Variant("ServerHint", {"a": 1}))
+    await store.extend_last("t1", "x")
+    await store.sync()
+    await store.extend_last("t1", "y")
+    assert await store.read("t1") == [Variant("ServerHint", {"a": 1})]
+
+
+async def test_writes_to_unknown_thread_fail(store: ThreadStore) -> None:
+    with pytest.raises(StoreError, match="nope"):
+        await store.append("nope", Variant("User", "hi"))
+    with pytest.raises(StoreError, match="nope"):
+        await store.extend_last("nope", "hi")
+    assert await store.read("nope") == []
+
+
+async def test_stored_state_cannot_be_mutated_by_callers(store: ThreadStore) -> None:
+    await store.create("t1", ALICE)
+    hint = Variant("ServerHint", {"model": "a"})
+    await store.append("t1", hint)
+    hint.content["model"] = "changed by caller"
+    first = await store.read("t1")
+    first[0].content["model"] = "changed by reader"
+    first[0].feedback = "up"
+    assert await store.read("t1") == [Variant("ServerHint", {"model": "a"})]
+
+
+async def test_create_is_a_noop_when_the_thread_exists(store: ThreadStore) -> None:
+    await _thread(store, "t1", ALICE, "first", "hello")
+    await store.create("t1", BOB, "second")
+    info = await store.info("t1")
+    assert info is not None
+    assert (info.user_id, info.topic) == (ALICE, "first")
+    assert await store.read("t1") == [Variant("User", "hello")]
+
+
+async def test_info(store: ThreadStore) -> None:
+    assert await store.info("missing") is None
+    await store.create("t1", ALICE, "topic")
+    created = await store.info("t1")
+    assert created is not None
+    assert (created.thread_id, created.user_id, created.topic) == ("t1", ALICE, "topic")
+    await store.append("t1", Variant("User", "hi"))
+    touched = await store.info("t1")
+    assert touched is not None
+    assert touched.updated > created.updated
+    assert touched.listing()["date"].endswith("Z")
+
+
+# -- listing and search -----------------------------------------------------------------------------
+
+
+async def test_list_is_paged_newest_activity_first_and_per_user(store: ThreadStore) -> None:
+    for n in range(5):
+        await store.create(f"a{n}", ALICE, f"topic {n}")
+    await store.create("b0", BOB, "bob's")
+    await store.append("a1", Variant("User", "bump"))
+
+    page, total = await store.list_threads(ALICE, 2, 0)
+    assert (_ids(page), total) == (["a1", "a4"], 5)
+    page, total = await store.list_threads(ALICE, 2, 2)
+    assert (_ids(page), total) == (["a3", "a2"], 5)
+    page, total = await store.list_threads(ALICE, 2, 4)
+    assert (_ids(page), total) == (["a0"], 5)
+    page, total = await store.list_threads(ALICE, 2, 10)
+    assert (_ids(page), total) == ([], 5)
+    assert page == []
+    page, total = await store.list_threads(BOB, 20, 0)
+    assert [(i.thread_id, i.user_id, i.topic) for i in page] == [("b0", BOB, "bob's")]
+    assert total == 1
+    assert await store.list_threads("carol", 20, 0) == ([], 0)
+
+
+async def test_search_topic_and_message_text(store: ThreadStore) -> None:
+    await _thread(store, "topic", ALICE, "ERA5 temperature")
+    await store.create("user_text", ALICE, "x")
+    await store.append("user_text", Variant("User", "Please plot precipitation"))
+    await store.create("assistant_text", ALICE, "y")
+    await store.append("assistant_text", Variant("Assistant", "Here is the "))
+    await store.extend_last("assistant_text", "Era5 plot")
+    await store.create("code_only", ALICE, "z")
+    await store.append("code_only", Variant("Code", '{"code": "era5 = 1"}', id="c"))
+    await store.append("code_only", Variant("CodeOutput", "era5", id="c"))
+    await _thread(store, "bobs", BOB, "ERA5 too", "era5")
+
+    page, total = await store.search(ALICE, "era5", 10, 0)
+    assert (_ids(page), total) == (["assistant_text", "topic"], 2)
+    page, total = await store.search(ALICE, "PRECIPITATION", 10, 0)
+    assert (_ids(page), total) == (["user_text"], 1)
+    page, total = await store.search(ALICE, "era5", 1, 1)
+    assert (_ids(page), total) == (["topic"], 2)
+    assert await store.search(ALICE, "nothing like this", 10, 0) == ([], 0)
+    page, total = await store.search(BOB, "ERA5", 10, 0)
+    assert (_ids(page), total) == (["bobs"], 1)
+
+
+async def test_search_takes_wildcards_literally_and_folds_unicode(store: ThreadStore) -> None:
+    await _thread(store, "pct", ALICE, "", "100% done")
+    await _thread(store, "under", ALICE, "", "snake_case name")
+    await _thread(store, "slash", ALICE, "", "C:\\data")
+    await _thread(store, "plain", ALICE, "", "100 percent done snakeXcase C:data")
+    await _thread(store, "umlaut", ALICE, "Ärger mit CDO")
+
+    assert _ids((await store.search(ALICE, "0% d", 10, 0))[0]) == ["pct"]
+    assert _ids((await store.search(ALICE, "e_c", 10, 0))[0]) == ["under"]
+    assert _ids((await store.search(ALICE, ":\\d", 10, 0))[0]) == ["slash"]
+    assert _ids((await store.search(ALICE, "%", 10, 0))[0]) == ["pct"]
+    assert _ids((await store.search(ALICE, "äRGER", 10, 0))[0]) == ["umlaut"]
+
+
+# -- mutations --------------------------------------------------------------------------------------
+
+
+async def test_set_topic(store: ThreadStore) -> None:
+    await _thread(store, "t1", ALICE, "old")
+    await store.set_topic("t1", "new topic")
+    info = await store.info("t1")
+    assert info is not None
+    assert info.topic == "new topic"
+    page, _ = await store.search(ALICE, "NEW TOP", 10, 0)
+    assert _ids(page) == ["t1"]
+    await store.set_topic("missing", "x")
+    assert await store.info("missing") is None
+
+
+async def test_delete_removes_thread_variants_and_lease(store: ThreadStore) -> None:
+    await _thread(store, "t1", ALICE, "gone", "hello")
+    await _thread(store, "t2", ALICE, "kept", "hello")
+    assert await store.acquire_lease("t1", "h1", 30)
+    await store.delete("t1")
+    assert await store.info("t1") is None
+    assert await store.read("t1") == []
+    assert await store.lease_holder("t1") is None
+    assert await store.stop_requested("t1") is False
+    page, total = await store.list_threads(ALICE, 10, 0)
+    assert (_ids(page), total) == (["t2"], 1)
+    with pytest.raises(StoreError):
+        await store.append("t1", Variant("User", "after delete"))
+    # The id is free again and starts empty.
+    await store.create("t1", BOB, "reborn")
+    assert await store.read("t1") == []
+    await store.delete("never-existed")
+
+
+async def test_fork_copies_given_variants_for_the_new_owner(store: ThreadStore) -> None:
+    await _thread(store, "src", ALICE, "source", "one", "two")
+    history = (await store.read("src"))[:1]
+    await store.fork("src", "copy", BOB, history, "forked")
+    assert await store.read("copy") == [Variant("User", "one")]
+    info = await store.info("copy")
+    assert info is not None
+    assert (info.user_id, info.topic) == (BOB, "forked")
+    assert await store.read("src") == [Variant("User", "one"), Variant("User", "two")]
+    await store.append("copy", Variant("User", "three"))
+    assert await store.read("copy") == [Variant("User", "one"), Variant("User", "three")]
+    with pytest.raises(StoreError):
+        await store.fork("src", "copy", BOB, history, "again")
+    await store.fork("src", "empty", ALICE, [], "")
+    assert await store.read("empty") == []
+    assert await store.info("empty") is not None
+
+
+async def test_feedback_counts_assistant_and_code_only(store: ThreadStore) -> None:
+    await store.create("t1", ALICE)
+    for v in [
+        Variant("User", "q"),
+        Variant("Assistant", "a0"),
+        Variant("Code", "c1", id="c"),
+        Variant("CodeOutput", "o", id="c"),
+        Variant("ToolCall", "{}", id="t", tool_name="rag"),
+        Variant("Assistant", "a2"),
+    ]:
+        await store.append("t1", v)
+
+    assert await store.set_feedback("t1", 0, "up") is True
+    assert await store.set_feedback("t1", 1, "down") is True
+    assert await store.set_feedback("t1", 2, "too long") is True
+    assert [v.feedback for v in await store.read("t1")] == [None, "up", "down", None, None, "too long"]
+
+    assert await store.set_feedback("t1", 0, "down") is True
+    assert await store.set_feedback("t1", 2, None) is True
+    assert await store.set_feedback("t1", 2, None) is False
+    assert await store.set_feedback("t1", 3, "up") is False
+    assert await store.set_feedback("t1", -1, "up") is False
+    assert await store.set_feedback("missing", 0, "up") is False
+    assert [v.feedback for v in await store.read("t1")] == [None, "down", "down", None, None, None]
+
+
+# -- leases and the stop flag -----------------------------------------------------------------------
+
+
+async def test_lease_acquire_conflict_renew_release(store: ThreadStore) -> None:
+    assert await store.lease_holder("t1") is None
+    assert await store.acquire_lease("t1", "h1", 30) is True
+    assert await store.acquire_lease("t1", "h2", 30) is False
+    assert await store.lease_holder("t1") == "h1"
+    assert await store.acquire_lease("t1", "h1", 30) is True
+    assert await store.renew_lease("t1", "h1", 30) is True
+    assert await store.renew_lease("t1", "h2", 30) is False
+    await store.release_lease("t1", "h2")
+    assert await store.lease_holder("t1") == "h1"
+    await store.release_lease("t1", "h1")
+    assert await store.lease_holder("t1") is None
+    assert await store.renew_lease("t1", "h1", 30) is False
+    assert await store.acquire_lease("t1", "h2", 30) is True
+    assert await store.lease_holder("t1") == "h2"
+    # Leases are per thread.
+    assert await store.acquire_lease("t2", "h1", 30) is True
+
+
+async def test_expired_lease_can_be_taken(store: ThreadStore) -> None:
+    assert await store.acquire_lease("t1", "h1", 0.05) is True
+    await asyncio.sleep(0.1)
+    assert await store.lease_holder("t1") is None
+    assert await store.acquire_lease("t1", "h2", 30) is True
+    assert await store.renew_lease("t1", "h1", 30) is False
+    assert await store.lease_holder("t1") == "h2"
+
+
+async def test_stop_flag_only_while_leased_and_cleared_on_acquire(store: ThreadStore) -> None:
+    assert await store.request_stop("t1") is False
+    assert await store.stop_requested("t1") is False
+    assert await store.acquire_lease("t1", "h1", 30) is True
+    assert await store.stop_requested("t1") is False
+    assert await store.request_stop("t1") is True
+    assert await store.stop_requested("t1") is True
+    assert await store.stop_requested("t2") is False
+    assert await store.renew_lease("t1", "h1", 30) is True
+    assert await store.stop_requested("t1") is True
+    assert await store.acquire_lease("t1", "h1", 30) is True
+    assert await store.stop_requested("t1") is False
+    await store.release_lease("t1", "h1")
+    assert await store.stop_requested("t1") is False
+    assert await store.request_stop("t1") is False
+
+    assert await store.acquire_lease("t1", "h1", 0.05) is True
+    await asyncio.sleep(0.1)
+    assert await store.request_stop("t1") is False
+    assert await store.stop_requested("t1") is False
+
+
+# -- memory store -----------------------------------------------------------------------------------
+
+
+async def test_memory_store_drops_least_recently_used() -> None:
+    store = MemoryThreadStore(max_threads=3)
+    for n in range(3):
+        await _thread(store, f"t{n}", ALICE, "", f"text {n}")
+    await store.read("t0")
+    await store.create("t3", ALICE)
+    assert await store.info("t1") is None
+    assert [await store.info(t) is not None for t in ("t0", "t2", "t3")] == [True, True, True]
+    await store.append("t2", Variant("User", "keep me"))
+    await store.create("t4", ALICE)
+    assert await store.info("t0") is None
+    assert _ids((await store.list_threads(ALICE, 10, 0))[0]) == ["t4", "t2", "t3"]
+    with pytest.raises(ValueError):
+        MemoryThreadStore(max_threads=0)
+
+
+# -- SQLite across processes ------------------------------------------------------------------------
+
+
+async def test_sqlite_uses_wal(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path)
+    try:
+        with contextlib.closing(sqlite3.connect(db_path)) as probe:
+            assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_second_instance_sees_synced_data_lease_and_stop(
+    sqlite_pair: tuple[SQLiteThreadStore, SQLiteThreadStore],
+) -> None:
+    first, second = sqlite_pair
+    await first.create("t1", ALICE, "shared")
+    await first.append("t1", Variant("Assistant", "par"))
+    await first.extend_last("t1", "tial")
+    await first.sync()
+    assert await second.read("t1") == [Variant("Assistant", "partial")]
+    info = await second.info("t1")
+    assert info is not None
+    assert (info.user_id, info.topic) == (ALICE, "shared")
+    assert _ids((await second.search(ALICE, "PARTIAL", 10, 0))[0]) == ["t1"]
+
+    assert await first.acquire_lease("t1", "server-1", 30) is True
+    assert await second.lease_holder("t1") == "server-1"
+    assert await second.acquire_lease("t1", "server-2", 30) is False
+    assert await second.request_stop("t1") is True
+    assert await first.stop_requested("t1") is True
+    await first.release_lease("t1", "server-1")
+    assert await second.acquire_lease("t1", "server-2", 30) is True
+    assert await first.stop_requested("t1") is False
+
+
+async def test_sqlite_flushes_without_sync_after_yielding(
+    sqlite_pair: tuple[SQLiteThreadStore, SQLiteThreadStore],
+) -> None:
+    first, second = sqlite_pair
+    await first.create("t1", ALICE, "auto")
+    await first.append("t1", Variant("User", "hello"))
+    await first.extend_last("t1", " there")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert await second.read("t1") == [Variant("User", "hello there")]
+    page, total = await second.list_threads(ALICE, 10, 0)
+    assert (_ids(page), total) == (["t1"], 1)
+
+
+async def test_sqlite_two_writers_append_to_one_thread_in_turn(
+    sqlite_pair: tuple[SQLiteThreadStore, SQLiteThreadStore],
+) -> None:
+    first, second = sqlite_pair
+    await first.create("t1", ALICE)
+    await first.append("t1", Variant("User", "turn 1"))
+    await first.sync()
+    # The second server streams the next turn; the first one must not reuse its idea of the last row.
+    await second.append("t1", Variant("User", "turn 2"))
+    await second.sync()
+    await first.append("t1", Variant("Assistant", "turn 3"))
+    await first.extend_last("t1", "!")
+    await first.sync()
+    await second.extend_last("t1", "?")
+    expected = [Variant("User", "turn 1"), Variant("User", "turn 2"), Variant("Assistant", "turn 3!?")]
+    assert await second.read("t1") == expected
+    assert await first.read("t1") == expected
+
+
+async def test_sqlite_delete_in_other_process_drops_pending_appends(
+    sqlite_pair: tuple[SQLiteThreadStore, SQLiteThreadStore],
+) -> None:
+    first, second = sqlite_pair
+    await first.create("t1", ALICE)
+    await first.sync()
+    await second.delete("t1")
+    await first.append("t1", Variant("User", "late"))
+    await first.sync()
+    assert await second.read("t1") == []
+    assert await first.info("t1") is None
+
+
+async def test_sqlite_batches_a_run_into_one_statement(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path)
+    statements: list[str] = []
+    try:
+        await store.create("t1", ALICE)
+        await store.append("t1", Variant("Assistant", "a"))
+        await store.sync()
+        store._conn.set_trace_callback(statements.append)  # white box: the write pattern is the point
+        for _ in range(50):
+            await store.extend_last("t1", "b")
+        await store.append("t1", Variant("Assistant", "c"))
+        for _ in range(50):
+            await store.extend_last("t1", "d")
+        await store.sync()
+        store._conn.set_trace_callback(None)
+        assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "INSERT", "UPDATE", "COMMIT"]
+        assert [v.content for v in await store.read("t1")] == ["a" + "b" * 50, "c" + "d" * 50]
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_reopen_keeps_everything(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path)
+    await store.create("t1", ALICE, "kept")
+    await store.append("t1", Variant("Code", '{"code": ""}', id="c1"))
+    await store.set_feedback("t1", 0, "up")
+    await store.aclose()
+    await store.aclose()
+    with pytest.raises(StoreError, match="closed"):
+        await store.read("t1")
+
+    reopened = SQLiteThreadStore(db_path)
+    try:
+        assert await reopened.read("t1") == [Variant("Code", '{"code": ""}', id="c1", feedback="up")]
+    finally:
+        await reopened.aclose()
+
+
+async def test_sqlite_close_writes_pending(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path)
+    await store.create("t1", ALICE)
+    await store.append("t1", Variant("User", "last words"))
+    await store.aclose()
+    reopened = SQLiteThreadStore(db_path)
+    try:
+        assert await reopened.read("t1") == [Variant("User", "last words")]
+    finally:
+        await reopened.aclose()
+
+
+async def test_sqlite_errors_surface_as_store_error(tmp_path: Path) -> None:
+    broken = tmp_path / "not-a-db.sqlite"
+    broken.write_bytes(b"this is not a database file" * 100)
+    with pytest.raises(StoreError, match=r"not-a-db\.sqlite"):
+        SQLiteThreadStore(broken)
+
+    occupied = tmp_path / "a-file"
+    occupied.write_text("x")
+    with pytest.raises(StoreError, match="Cannot open"):
+        SQLiteThreadStore(occupied / "threads.sqlite")
