@@ -32,8 +32,11 @@ class ApiError(web.HTTPError):
         self.detail = detail
 
 
-def _needs_user(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Like tornado's `authenticated`, but answers the precise 401/403 of API.md for GET and POST alike."""
+def authenticated(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """tornado's `authenticated` with the precise 401/403 of API.md for GET and POST alike.
+
+    The name matters: jupyter_server recognises authenticated endpoints by it.
+    """
 
     @functools.wraps(method)
     async def inner(self: ChatbotHandler) -> None:
@@ -195,12 +198,12 @@ class ChatbotHandler(ExtensionHandlerMixin, APIHandler):
             self.log.error("Thread store failure on %s: %s", self.route_name, err)
             raise ApiError(503, f"The thread store failed: {err}") from err
 
-    @_needs_user
+    @authenticated
     @authorized
     async def get(self) -> None:
         await self._dispatch()
 
-    @_needs_user
+    @authenticated
     @authorized
     async def post(self) -> None:
         await self._dispatch()
