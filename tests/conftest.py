@@ -63,14 +63,17 @@ def parse_lines(body: bytes) -> list[dict[str, Any]]:
 def api(jp_fetch) -> Callable[..., Any]:
     """Call a chatbot route as a user: `await api("getthread", user="bob", thread_id=...)`."""
 
-    async def call(
-        route: str, *, user: str = "alice", method: str = "GET", raise_error: bool = True, **params: Any
-    ):
+    async def call(route: str, *, user: str = "alice", method: str = "GET", raise_error: bool = True, **params: Any):
         headers = {"Authorization": f"token {user}"} if user else {}
         if method == "POST":
             return await jp_fetch(
-                "api", "chatbot", route,
-                method="POST", body=json.dumps(params), headers=headers, raise_error=raise_error,
+                "api",
+                "chatbot",
+                route,
+                method="POST",
+                body=json.dumps(params),
+                headers=headers,
+                raise_error=raise_error,
             )
         query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
         return await jp_fetch("api", "chatbot", route, params=query, headers=headers, raise_error=raise_error)

@@ -22,7 +22,9 @@ class LiveStream:
         self._buffer = b""
         self.task = asyncio.ensure_future(
             jp_fetch(
-                "api", "chatbot", "streamresponse",
+                "api",
+                "chatbot",
+                "streamresponse",
                 method="POST",
                 body=json.dumps(params),
                 headers={"Authorization": f"token {user}"},
@@ -74,9 +76,7 @@ async def test_stop_while_streaming_stores_partial_answer(jp_fetch, api):
     live = LiveStream(jp_fetch, input="[[fake:tokens=400 delay=0.05]]", chatbot="fake-slow")
     await live.wait_for(lambda lines: len([x for x in lines if x["variant"] == "Assistant"]) >= 3)
     asked = time.monotonic()
-    assert body_json(await api("stop", method="POST", thread_id=live.thread_id)) == {
-        "detail": "Conversation stopped."
-    }
+    assert body_json(await api("stop", method="POST", thread_id=live.thread_id)) == {"detail": "Conversation stopped."}
     lines = await live.finish()
     assert time.monotonic() - asked < 3.0
     assert lines[-1] == {"variant": "StreamEnd", "content": "Stream is stopped by user."}
@@ -138,9 +138,10 @@ async def test_stop_unknown_or_idle_thread_is_404(api):
     with pytest.raises(HTTPClientError) as info:
         await api("stop", thread_id=tid)
     assert info.value.code == 404
-    assert "not being generated" in body_json(info.value.response)["detail"] or "No answer" in body_json(
-        info.value.response
-    )["detail"]
+    assert (
+        "not being generated" in body_json(info.value.response)["detail"]
+        or "No answer" in body_json(info.value.response)["detail"]
+    )
 
 
 async def test_dropped_client_turn_runs_to_completion(jp_fetch, api, jp_serverapp):
