@@ -64,7 +64,8 @@ class FrevaGPT(ExtensionApp):
 
     # -- prompts ------------------------------------------------------------------------------------------
     prompt_library = Unicode(
-        "", help="Folder of prompt sets (`<set>/starting_prompt.txt`, ...); empty: the built-in library."
+        "",
+        help="Folder of your own prompt sets (`<set>/starting_prompt.txt`, ...), searched before the built-in library.",
     ).tag(config=True)
     prompt_set = Unicode("baseline", help="Prompt set used by models that name none.").tag(config=True)
     prompt_sets = Dict(
@@ -169,8 +170,9 @@ class FrevaGPT(ExtensionApp):
             self.log.info(
                 "FrevaGPT models: %s (default %s)", ", ".join(self.catalogue.names), self.catalogue.default_name
             )
-        library = Path(self.prompt_library).expanduser() if self.prompt_library else data_folder("prompt_library")
-        self.prompts = PromptLibrary(library, self.prompt_set, dict(self.prompt_sets))
+        libraries = [Path(self.prompt_library).expanduser()] if self.prompt_library else []
+        libraries.append(data_folder("prompt_library"))
+        self.prompts = PromptLibrary(libraries, self.prompt_set, dict(self.prompt_sets))
         data = Path(self.data_dir).expanduser()
         data.mkdir(parents=True, exist_ok=True)
         self.store: ThreadStore = SQLiteThreadStore(data / "threads.sqlite3")

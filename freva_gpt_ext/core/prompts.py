@@ -33,10 +33,13 @@ class PromptSet:
 
 
 class PromptLibrary:
-    """A folder of prompt sets (`<set>/starting_prompt.txt`, `summary_prompt.txt`, optional `examples.jsonl`)."""
+    """Folders of prompt sets (`<set>/starting_prompt.txt`, `summary_prompt.txt`, optional `examples.jsonl`).
 
-    def __init__(self, root: Path, default_set: str, per_model: dict[str, str] | None = None) -> None:
-        self.root = root
+    A set is taken from the first folder that has it: a configured library first, then the built-in one.
+    """
+
+    def __init__(self, roots: list[Path], default_set: str, per_model: dict[str, str] | None = None) -> None:
+        self.roots = tuple(roots)
         self.default_set = default_set
         self.per_model = dict(per_model or {})
         self.load(default_set)  # fail at start-up, not in the first turn
@@ -45,14 +48,15 @@ class PromptLibrary:
         return self.per_model.get(model_name) or model_prompt_set or self.default_set
 
     def load(self, name: str) -> PromptSet:
-        return _load_set(self.root, name)
+        return _load_set(self.roots, name)
 
 
 @cache
-def _load_set(root: Path, name: str) -> PromptSet:
-    folder = root / name
-    if not (folder / "starting_prompt.txt").is_file():
-        raise FileNotFoundError(f"The prompt set {name!r} has no starting_prompt.txt in {folder}.")
+def _load_set(roots: tuple[Path, ...], name: str) -> PromptSet:
+    folder = next((r / name for r in roots if (r / name / "starting_prompt.txt").is_file()), None)
+    if folder is None:
+        where = ", ".join(str(r) for r in roots)
+        raise FileNotFoundError(f"No prompt set {name!r} (a folder with starting_prompt.txt) in {where}.")
     summary_file = folder / "summary_prompt.txt"
     examples_file = folder / "examples.jsonl"
     examples: list[Variant] = []
