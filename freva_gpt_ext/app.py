@@ -18,6 +18,7 @@ from .core.conversations import Conversations, TurnSettings
 from .core.llm import CatalogueError, LLMClient, ModelCatalogue
 from .core.orchestrator import Orchestrator
 from .core.prompts import PromptLibrary
+from .core.topics import summarise
 from .handlers import handlers
 from .paths import data_folder
 from .storage import MemoryThreadStore, SQLiteThreadStore, ThreadStore
@@ -161,6 +162,8 @@ class FrevaGPT(ExtensionApp):
         except CatalogueError as err:
             self.log.error("%s", err)
             raise
+        if self.topic_model and self.catalogue.get(self.topic_model) is None:
+            raise CatalogueError(f"The topic model {self.topic_model!r} is not a chat model of the catalogue.")
         if not self.catalogue.names:
             self.log.warning(
                 "FrevaGPT has no chat model: set FREVAGPT_LITELLM_CONFIG (or c.FrevaGPT.litellm_config) to a "
@@ -216,6 +219,13 @@ class FrevaGPT(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
+
+    async def name_thread(self, text: str) -> str:
+        """A title for a thread that starts with `text`, by the topic model."""
+        model = self.catalogue.get(self.topic_model or None)
+        if model is None:
+            return ""
+        return await summarise(self.llm, model, text)
 
     def store_for(self, request: Any) -> ThreadStore:
         """The thread store serving a request (one store today; per-vault stores come with MongoDB)."""

@@ -180,3 +180,57 @@ async def test_llm_stall_beyond_timeout(api):
     assert time.monotonic() - started < 10
     assert lines[-2]["variant"] == "ServerError"
     assert "did not answer" in lines[-2]["content"]
+
+
+async def wait_for_topic(api, thread_id: str, expected: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        topics = {t["thread_id"]: t["topic"] for t in body_json(await api("getuserthreads"))[0]}
+        if topics.get(thread_id) == expected:
+            return
+        assert time.monotonic() < deadline, topics
+        await asyncio.sleep(0.05)
+
+
+async def test_topic_model_titles_the_first_meaningful_message(api, fake_llm):
+    first = await api("streamresponse", input="hi")
+    tid = json.loads(first.body.split(b"\n")[0])["content"]["thread_id"]
+    assert body_json(await api("getuserthreads"))[0][0]["topic"] == "hi"  # a greeting gets no title
+    await api("streamresponse", input="Plot the ERA5 temperature", thread_id=tid)
+    await wait_for_topic(api, tid, "Hello from the fake LLM. You said: Plot the ERA5 temperature")
+    title_requests = [r for r in fake_llm.requests if r["body"]["messages"][0]["content"].startswith("You name conversations")]
+    assert len(title_requests) == 1
+    assert title_requests[0]["body"]["messages"][-1] == {"role": "user", "content": "Plot the ERA5 temperature"}
+    # Once titled, never again.
+    await api("streamresponse", input="And now the precipitation please", thread_id=tid)
+    assert len([r for r in fake_llm.requests if r["body"]["messages"][0]["content"].startswith("You name conversations")]) == 1
+
+
+async def test_renamed_thread_keeps_its_name(api):
+    tid = body_json(await api("newthread"))
+    await api("streamresponse", input="[[fake:tokens=3]] hi", thread_id=tid)
+    await api("setthreadtopic", thread_id=tid, topic="Mine")
+    await api("streamresponse", input="a meaningful question about rain", thread_id=tid)
+    await asyncio.sleep(0.5)
+    assert body_json(await api("getuserthreads"))[0][0]["topic"] == "Mine"
+
+
+@pytest.mark.parametrize("freva_config", [{"topic_model": "fake-text-litellm"}])
+async def test_litellm_path_yields_the_same_variants(api):
+    async def run(chatbot):
+        response = await api("streamresponse", input="same words here", chatbot=chatbot, request_timeout=90)
+        return [json.loads(x) for x in response.body.decode().splitlines()]
+
+    lean = await run("fake-text")
+    via_litellm = await run("fake-text-litellm")
+    assert texts(lean) == texts(via_litellm) == "Hello from the fake LLM. You said: same words here"
+    assert via_litellm[0]["content"]["model"] == "fake-text-litellm"
+    assert via_litellm[-1] == {"variant": "StreamEnd", "content": "Stream ended."}
+    # the topic model on the litellm path titles the thread too
+    await wait_for_topic(
+        api, via_litellm[0]["content"]["thread_id"], "Hello from the fake LLM. You said: same words here"
+    )
+    # an HTTP error on the litellm path is a ServerError with the status, then StreamEnd
+    response = await api("streamresponse", input="[[fake:error status=503]]", chatbot="fake-text-litellm")
+    lines = [json.loads(x) for x in response.body.decode().splitlines()]
+    assert [x["variant"] for x in lines[-2:]] == ["ServerError", "StreamEnd"]

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from ..storage.base import ThreadStore
@@ -34,6 +34,7 @@ from ..variants import (
     wire_lines,
 )
 from .llm import LLMError
+from .topics import is_meaningful, provisional_topic
 
 STREAM_DONE = "Stream ended."
 
@@ -47,15 +48,6 @@ class TurnSettings:
     heartbeat_interval: float
     lease_ttl: float
     stop_poll_interval: float
-
-
-def topic_from(text: str, limit: int = 60) -> str:
-    """A provisional topic: the start of the first user message, cut at a word boundary."""
-    flat = " ".join(text.split())
-    if len(flat) <= limit:
-        return flat or "New conversation"
-    cut = flat[:limit].rsplit(" ", 1)[0] or flat[:limit]
-    return cut + "…"
 
 
 class Turn:
@@ -246,6 +238,7 @@ class Conversations:
         self.settings = settings
         self.log = log
         self.active: dict[str, Turn] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(
         self,
@@ -257,14 +250,17 @@ class Conversations:
         user_input: str,
         show_tools: bool,
         produce: Callable[[list[Variant]], AsyncIterator[Variant]],
+        name_thread: Callable[[str], Awaitable[str]] | None = None,
     ) -> Turn:
         """Take the lease, store the user's message and start the turn; `ThreadBusy` when it streams."""
         holder = uuid.uuid4().hex
         if not await store.acquire_lease(thread_id, holder, self.settings.lease_ttl):
             raise ThreadBusy(thread_id)
         try:
-            await store.create(thread_id, owner, topic_from(user_input))
+            await store.create(thread_id, owner, provisional_topic(user_input))
             history = await store.read(thread_id)
+            if name_thread is not None:
+                await self._maybe_retitle(store, thread_id, history, user_input, name_thread)
             turn = Turn(
                 thread_id=thread_id,
                 store=store,
@@ -282,6 +278,32 @@ class Conversations:
         self.active[thread_id] = turn
         turn.task = asyncio.create_task(turn.run(producer, lambda: self._forget(turn)))
         return turn
+
+    async def _maybe_retitle(
+        self,
+        store: ThreadStore,
+        thread_id: str,
+        history: list[Variant],
+        user_input: str,
+        name_thread: Callable[[str], Awaitable[str]],
+    ) -> None:
+        """Title the thread from its first meaningful message, once, unless the user has renamed it."""
+        info = await store.info(thread_id)
+        first = next((str(v.content) for v in history if v.variant == USER), user_input)
+        if info is None or info.topic != provisional_topic(first) or not is_meaningful(user_input):
+            return
+        task = asyncio.create_task(self._retitle(store, thread_id, info.topic, name_thread(user_input)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retitle(self, store: ThreadStore, thread_id: str, provisional: str, title: Awaitable[str]) -> None:
+        try:
+            text = await title
+            info = await store.info(thread_id)
+            if text and info is not None and info.topic == provisional:
+                await store.set_topic(thread_id, text)
+        except Exception as err:  # the provisional topic stays: a title is a nicety
+            self.log.warning("Could not title thread %s: %s", thread_id, err)
 
     def _forget(self, turn: Turn) -> None:
         if self.active.get(turn.thread_id) is turn:
@@ -302,3 +324,5 @@ class Conversations:
         tasks = [t.task for t in turns if t.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        for task in list(self._background):
+            task.cancel()

@@ -7,6 +7,7 @@ imported only when such a model is used (its import is slow and it reaches for t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -191,6 +192,8 @@ class LLMClient:
             trust_env=False,  # an HPC node's proxy variables must not reroute a local model endpoint
         )
         self._log = log
+        self._litellm: Any = None
+        self._openai_clients: dict[tuple[str, str], Any] = {}
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -222,13 +225,16 @@ class LLMClient:
     async def stream(
         self, model: ModelEntry, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> AsyncIterator[Delta]:
-        if not model.streams_lean:
-            raise LLMError(
-                f"The model {model.name!r} needs litellm (provider model {model.provider_model!r}), "
-                "which this version does not stream yet; use an OpenAI-compatible endpoint (api_base)."
-            )
+        """The answer as Deltas, on the lean reader or through litellm; failures raise LLMError."""
+        source = self._stream_lean if model.streams_lean else self._stream_litellm
+        async for delta in source(model, messages, tools or []):
+            yield delta
+
+    async def _stream_lean(
+        self, model: ModelEntry, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[Delta]:
         url = str(model.param("api_base")).rstrip("/") + "/chat/completions"
-        body = self._body(model, messages, tools or [])
+        body = self._body(model, messages, tools)
         try:
             async with self._http.stream("POST", url, json=body, headers=self._headers(model)) as response:
                 if response.status_code >= 400:
@@ -254,7 +260,91 @@ class LLMClient:
         except httpx.HTTPError as err:
             raise LLMError(f"The connection to the LLM failed: {type(err).__name__}.") from err
 
+    async def _stream_litellm(
+        self, model: ModelEntry, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> AsyncIterator[Delta]:
+        if self._litellm is None:
+            try:
+                # Seconds of CPU and a network-minded import: off the event loop, once.
+                self._litellm = await asyncio.to_thread(_import_litellm)
+            except ImportError as err:
+                raise LLMError(
+                    f"The model {model.name!r} needs litellm, which is not installed "
+                    "(pip install 'freva_gpt_ext[litellm]')."
+                ) from err
+        kwargs = {key: model.param(key) for key in model.params if key != "model"}
+        if tools:
+            kwargs["tools"] = tools
+        if model.provider_model.startswith(LEAN_PREFIXES) and kwargs.get("api_base"):
+            # litellm caches its own clients at module level; ours belong to this app and its event loop.
+            kwargs["client"] = self._openai_client(str(kwargs["api_base"]), kwargs.get("api_key"))
+        try:
+            response = await self._litellm.acompletion(
+                model=model.provider_model,
+                messages=messages,
+                stream=True,
+                timeout=self.read_timeout,
+                num_retries=0,
+                **kwargs,
+            )
+            async for chunk in response:
+                delta = _litellm_delta(chunk)
+                if delta is not None:
+                    yield delta
+        except LLMError:
+            raise
+        except Exception as err:
+            status = getattr(err, "status_code", None)
+            message = str(getattr(err, "message", "") or err).strip()[:500]
+            if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
+                message = f"The LLM did not answer within {self.read_timeout:g} s."
+            raise LLMError(
+                f"The LLM answered {status}: {message}" if status else f"The LLM failed: {message}", status
+            ) from err
+
+    def _openai_client(self, api_base: str, api_key: Any) -> Any:
+        import openai  # installed with litellm
+
+        key = (api_base, str(api_key or self._default_api_key or "none"))
+        client = self._openai_clients.get(key)
+        if client is None:
+            client = openai.AsyncOpenAI(base_url=api_base, api_key=key[1], http_client=self._http, max_retries=0)
+            self._openai_clients[key] = client
+        return client
+
     async def complete(self, model: ModelEntry, messages: list[dict[str, Any]]) -> str:
         """A whole (non-streamed) answer, for short side tasks."""
         parts = [d.text async for d in self.stream(model, messages)]
         return "".join(parts)
+
+
+def _import_litellm() -> Any:
+    # The one allowed write to the server's environment (DESIGN.md): without these litellm fetches its cost
+    # map and provider data from the internet, which an offline HPC node does not have.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def _litellm_delta(chunk: Any) -> Delta | None:
+    choices = getattr(chunk, "choices", None) or []
+    if not choices:
+        return None
+    choice = choices[0]
+    delta = choice.delta
+    calls = [
+        ToolCallDelta(
+            index=int(tc.index or 0),
+            id=tc.id,
+            name=tc.function.name if tc.function else None,
+            arguments=(tc.function.arguments if tc.function else "") or "",
+        )
+        for tc in (getattr(delta, "tool_calls", None) or [])
+    ]
+    text = getattr(delta, "content", None) or ""
+    if not text and not calls and not choice.finish_reason:
+        return None
+    return Delta(text=text, tool_calls=calls, finish_reason=choice.finish_reason)

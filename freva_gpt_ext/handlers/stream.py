@@ -68,6 +68,7 @@ class StreamHandler(ChatbotHandler):
                 user_input=user_input,
                 show_tools=show_tools,
                 produce=produce,
+                name_thread=app.name_thread if store_thread else None,
             )
         except ThreadBusy as err:
             raise ApiError(409, "This thread is already streaming an answer.", "Thread is busy") from err
