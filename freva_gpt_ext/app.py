@@ -10,7 +10,7 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Float, Int, TraitType, Unicode, default
+from traitlets import Bool, Dict, Float, Int, List, TraitType, Unicode, default
 
 from . import __version__
 from .auth import BearerValidator, FrevaRestIdentityProvider
@@ -22,6 +22,7 @@ from .core.topics import summarise
 from .handlers import handlers
 from .paths import data_folder
 from .storage import MemoryThreadStore, SQLiteThreadStore, ThreadStore
+from .tools.registry import load_tools
 
 ENV_PREFIX = "FREVAGPT_"
 # Names deployments used before this extension existed.
@@ -59,6 +60,12 @@ class FrevaGPT(ExtensionApp):
         120.0, help="Seconds an LLM may stay silent within a stream before the turn fails with an error."
     ).tag(config=True)
     max_tool_rounds = Int(12, help="Most tool rounds (LLM calls that ask for tools) in one turn.").tag(config=True)
+    tools = List(
+        Unicode(),
+        default_value=[],
+        help="Extra tools offered to the LLM: import strings `package.module:factory` of a Tool class or a "
+        "function returning a Tool, called without arguments (FREVAGPT_TOOLS: a JSON list).",
+    ).tag(config=True)
     tool_result_chars = Int(
         20000, help="Most characters of one tool result that are sent back to the LLM (the rest is cut)."
     ).tag(config=True)
@@ -186,11 +193,11 @@ class FrevaGPT(ExtensionApp):
             default_api_key=self.openai_api_key or None,
             log=self.log,
         )
-        self.tools: dict[str, Any] = {}
+        self.tool_registry = load_tools(self.tools)
         self.orchestrator = Orchestrator(
             self.llm,
             self.prompts,
-            self.tools,
+            self.tool_registry,
             max_tool_rounds=self.max_tool_rounds,
             tool_result_chars=self.tool_result_chars,
         )
@@ -233,12 +240,12 @@ class FrevaGPT(ExtensionApp):
 
     async def close_thread(self, thread_id: str) -> None:
         """Release what tools hold for a deleted thread."""
-        for tool in self.tools.values():
+        for tool in self.tool_registry.values():
             await tool.close_thread(thread_id)
 
     async def stop_extension(self) -> None:
         await self.conversations.aclose()
-        for tool in self.tools.values():
+        for tool in self.tool_registry.values():
             await tool.aclose()
         await self.llm.aclose()
         if self.bearer is not None:
@@ -248,10 +255,10 @@ class FrevaGPT(ExtensionApp):
 
 
 def _from_env(trait: TraitType, raw: str) -> Any:
-    if isinstance(trait, Dict):
+    if isinstance(trait, Dict | List):
         value = json.loads(raw)
-        if not isinstance(value, dict):
-            raise ValueError("expected a JSON object")
+        if not isinstance(value, dict if isinstance(trait, Dict) else list):
+            raise ValueError(f"expected a JSON {'object' if isinstance(trait, Dict) else 'list'}")
         return value
     return trait.from_string(raw)
 

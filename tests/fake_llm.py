@@ -23,6 +23,7 @@ import itertools
 import json
 import re
 import shlex
+import signal
 import socket
 import struct
 import time
@@ -36,15 +37,7 @@ from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 
 TOOL_BEHAVIOURS = ("fake-code", "fake-tool", "fake-two-tools", "fake-repeat-ids")
-BEHAVIOURS = (
-    "fake-text",
-    "fake-slow",
-    "fake-stall",
-    "fake-error",
-    "fake-429",
-    "fake-reset",
-    "fake-malformed",
-)
+BEHAVIOURS = ("fake-text", "fake-slow", "fake-stall", "fake-error", "fake-429", "fake-reset", "fake-malformed")
 BEHAVIOURS += TOOL_BEHAVIOURS
 DIRECTIVE = re.compile(r"""\[\[fake:((?:"(?:\\.|[^"\\])*"|'[^']*'|[^\]"'])*)\]\]""")
 _ids = itertools.count(1)
@@ -359,8 +352,11 @@ def catalogue_yaml(base_url: str) -> str:
 
 async def _main(host: str, port: int) -> None:
     server = await FakeLLM(host, port).start()
+    done = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
     print(f"fake-llm listening on {server.base_url}", flush=True)
-    await asyncio.Event().wait()
+    await done.wait()
+    await server.stop()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from ..variants import (
     SERVER_HINT,
     STOPPED_BY_USER,
     STREAM_END,
+    TOOL_CALL,
+    TOOL_OUTPUT,
     TOOL_VARIANTS,
     UNSTORED_VARIANTS,
     USER,
@@ -78,8 +80,7 @@ class Turn:
         self._last_line_at = time.monotonic()
         self._status = "thinking"
         self._images = 0
-        # The last Code not yet answered by a CodeOutput, with its arguments text so far.
-        self._open_code: Variant | None = None
+        self._open_call: Variant | None = None
         self.task: asyncio.Task[None] | None = None
 
     # -- reading side -------------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ class Turn:
             self._images += 1
             self._emit_unstored(hint(image=self._images))
         await self._record(v)
-        self._track_code(v)
+        self._track_call(v)
         if v.variant == SERVER_HINT and isinstance(v.content, dict) and "status" in v.content:
             self._status = str(v.content["status"])
         # The web frontend shows the user's message itself; hidden tools are for getthread(show_tools) only.
@@ -134,24 +135,29 @@ class Turn:
         self._last_stored = Variant(v.variant, v.content, id=v.id)
         await self.store.append(self.thread_id, v)
 
-    def _track_code(self, v: Variant) -> None:
-        if v.variant == CODE:
-            if self._open_code is not None and self._open_code.id == v.id:
-                self._open_code.content += v.content
+    def _track_call(self, v: Variant) -> None:
+        """Remember the tool call that still awaits its output, with its arguments text so far."""
+        if v.variant in (CODE, TOOL_CALL):
+            if self._open_call is not None and self._open_call.variant == v.variant and self._open_call.id == v.id:
+                self._open_call.content += v.content
             else:
-                self._open_code = Variant(CODE, v.content, id=v.id)
-        elif v.variant == CODE_OUTPUT and self._open_code is not None and v.id == self._open_code.id:
-            self._open_code = None
+                self._open_call = Variant(v.variant, v.content, id=v.id, tool_name=v.tool_name)
+        elif v.variant in (CODE_OUTPUT, TOOL_OUTPUT) and self._open_call is not None and v.id == self._open_call.id:
+            self._open_call = None
 
-    async def _close_open_code(self, reason: str) -> None:
-        code = self._open_code
-        if code is None:
+    async def _close_open_call(self, reason: str) -> None:
+        """A call cut off by a stop or a failure still gets its (empty) output, so the thread stays valid."""
+        call = self._open_call
+        if call is None:
             return
-        suffix = close_json_fragment(code.content)
+        if call.variant == TOOL_CALL:
+            await self.emit(Variant(TOOL_OUTPUT, reason, id=call.id, tool_name=call.tool_name))
+            return
+        suffix = close_json_fragment(call.content)
         if suffix:
-            await self.emit(Variant(CODE, suffix, id=code.id))
-        await self.emit(Variant(CODE_OUTPUT, "", id=code.id))
-        await self.emit(Variant(CODE_ERROR, reason, id=code.id))
+            await self.emit(Variant(CODE, suffix, id=call.id))
+        await self.emit(Variant(CODE_OUTPUT, "", id=call.id))
+        await self.emit(Variant(CODE_ERROR, reason, id=call.id))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def run(self, producer: AsyncIterator[Variant], on_done: Callable[[], None]) -> None:
@@ -172,9 +178,9 @@ class Turn:
             for task in (watcher, heart):
                 task.cancel()
             if reason == STOPPED_BY_USER:
-                await self._close_open_code("Stopped by user.")
+                await self._close_open_call("Stopped by user.")
             else:
-                await self._close_open_code(error or "The tool call ended without a result.")
+                await self._close_open_call(error or "The tool call ended without a result.")
             if error:
                 await self.emit(Variant(SERVER_ERROR, error))
                 reason = "Stream ended with an error."

@@ -156,14 +156,25 @@ class Orchestrator:
                 arguments = parsed
             else:
                 failure = "The tool arguments are not a JSON object."
-        if failure is not None:
-            if call.is_code:
-                yield Variant(CODE_OUTPUT, "", id=call.id)
-                yield Variant(CODE_ERROR, failure, id=call.id)
-            else:
-                yield Variant(TOOL_OUTPUT, failure, id=call.id, tool_name=call.name)
-            return
-        yield hint(status="executing" if call.is_code else "searching")
-        assert tool is not None
-        async for v in tool.run(call.id, arguments, ctx):
-            yield v
+        if failure is None and tool is not None:
+            yield hint(status="executing" if call.is_code else "searching")
+            answered = False
+            try:
+                async for v in tool.run(call.id, arguments, ctx):
+                    answered = answered or v.variant in (CODE_OUTPUT, TOOL_OUTPUT)
+                    yield v
+                if answered:
+                    return
+                failure = "The tool gave no result."
+            except Exception as err:
+                # A broken tool fails its call, not the turn: the LLM reads the error and may try otherwise.
+                failure = f"The tool {call.name!r} failed: {type(err).__name__}: {err}"
+                if answered:
+                    if call.is_code:
+                        yield Variant(CODE_ERROR, failure, id=call.id)
+                    return
+        if call.is_code:
+            yield Variant(CODE_OUTPUT, "", id=call.id)
+            yield Variant(CODE_ERROR, failure, id=call.id)
+        else:
+            yield Variant(TOOL_OUTPUT, failure, id=call.id, tool_name=call.name)
