@@ -268,12 +268,16 @@ def _from_env(trait: TraitType, raw: str) -> Any:
 STANDALONE_ARGS = (
     "--ServerApp.identity_provider_class=freva_gpt_ext.auth.FrevaRestIdentityProvider",
     "--ServerApp.open_browser=False",
-    "--ServerApp.default_url=/api/chatbot/docs",
+    # The extension's own default URL wins over the server's; there is no JupyterLab here.
+    "--FrevaGPT.default_url=/api/chatbot/docs",
 )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    given = {arg.split("=", 1)[0] for arg in args}
+    # traitlets refuses an option given twice: the user's choice replaces the preset.
+    presets = [arg for arg in STANDALONE_ARGS if arg.split("=", 1)[0] not in given]
     # Only this extension: the API server needs no JupyterLab.
     FrevaGPT.load_other_extensions = False
-    FrevaGPT.launch_instance(argv=[*STANDALONE_ARGS, *args])
+    FrevaGPT.launch_instance(argv=[*presets, *args])

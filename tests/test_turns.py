@@ -182,6 +182,10 @@ async def test_llm_stall_beyond_timeout(api):
     assert "did not answer" in lines[-2]["content"]
 
 
+def title_requests(fake_llm):
+    return [r for r in fake_llm.requests if r["body"]["messages"][0]["content"].startswith("You name conversations")]
+
+
 async def wait_for_topic(api, thread_id: str, expected: str) -> None:
     deadline = time.monotonic() + 10
     while True:
@@ -198,12 +202,14 @@ async def test_topic_model_titles_the_first_meaningful_message(api, fake_llm):
     assert body_json(await api("getuserthreads"))[0][0]["topic"] == "hi"  # a greeting gets no title
     await api("streamresponse", input="Plot the ERA5 temperature", thread_id=tid)
     await wait_for_topic(api, tid, "Hello from the fake LLM. You said: Plot the ERA5 temperature")
-    title_requests = [r for r in fake_llm.requests if r["body"]["messages"][0]["content"].startswith("You name conversations")]
-    assert len(title_requests) == 1
-    assert title_requests[0]["body"]["messages"][-1] == {"role": "user", "content": "Plot the ERA5 temperature"}
+    assert len(title_requests(fake_llm)) == 1
+    assert title_requests(fake_llm)[0]["body"]["messages"][-1] == {
+        "role": "user",
+        "content": "Plot the ERA5 temperature",
+    }
     # Once titled, never again.
     await api("streamresponse", input="And now the precipitation please", thread_id=tid)
-    assert len([r for r in fake_llm.requests if r["body"]["messages"][0]["content"].startswith("You name conversations")]) == 1
+    assert len(title_requests(fake_llm)) == 1
 
 
 async def test_renamed_thread_keeps_its_name(api):
