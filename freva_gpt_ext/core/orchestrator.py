@@ -14,6 +14,7 @@ from ..variants import (
     CODE_ERROR,
     CODE_OUTPUT,
     CODE_TOOL_NAME,
+    IMAGE,
     SERVER_ERROR,
     TOOL_CALL,
     TOOL_OUTPUT,
@@ -122,14 +123,24 @@ class Orchestrator:
             )
             for call in ordered:
                 result: list[str] = []
+                images: list[str] = []
                 async for v in self._run_call(call, turn.ctx):
                     if v.variant in (CODE_OUTPUT, TOOL_OUTPUT, CODE_ERROR) and isinstance(v.content, str):
                         result.append(v.content)
+                    elif v.variant == IMAGE and isinstance(v.content, str):
+                        images.append(v.content)
                     yield v
                 content = "\n".join(p for p in result if p)
                 if len(content) > self.tool_result_chars:
                     content = content[: self.tool_result_chars] + "\n[output truncated]"
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+                if images and model.supports_vision:
+                    # Tool messages carry text only: the plots follow as the user's images.
+                    parts: list[dict[str, Any]] = [{"type": "text", "text": f"Images made by call {call.id}:"}]
+                    parts += [
+                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}} for b64 in images
+                    ]
+                    messages.append({"role": "user", "content": parts})
         yield Variant(
             SERVER_ERROR,
             f"The assistant used tools {self.max_tool_rounds} times in a row without answering; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from tornado.iostream import StreamClosedError
 
 from ..core.conversations import ThreadBusy
@@ -38,16 +40,19 @@ class StreamHandler(ChatbotHandler):
         store = self.store_for() if store_thread else app.memory_store
         owner = self.owner
         thread_id = await self._thread_for(store, thread_id, owner)
-        ctx = ToolContext(
-            thread_id=thread_id,
-            owner=owner,
-            vision=model.supports_vision,
-            kernel_id=kernel_id,
-            notebook_path=self.str_param("notebook_path") or None,
-            headers=dict(self.request.headers),
-        )
+        notebook_path = self.str_param("notebook_path") or None
+        headers = dict(self.request.headers) if app.trust_proxy_headers else {}
 
-        def produce(history: list[Variant]):
+        def produce(history: list[Variant]) -> AsyncIterator[Variant]:
+            ctx = ToolContext(
+                thread_id=thread_id,
+                owner=owner,
+                vision=model.supports_vision,
+                kernel_id=kernel_id,
+                notebook_path=notebook_path,
+                headers=headers,
+                history=history,
+            )
             turn_input = TurnInput(
                 thread_id=thread_id,
                 owner=owner,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -11,16 +11,22 @@ from ..variants import Variant
 
 @dataclass(slots=True)
 class ToolContext:
-    """What a tool may know about the turn that calls it."""
+    """What a tool may know about the turn that calls it.
+
+    A tool reports what it is doing by yielding `hint(status=...)` (e.g. "waiting_for_kernel"): the turn keeps
+    the stream alive with that status while the tool works.
+    """
 
     thread_id: str
     owner: str
     vision: bool = False
+    # The kernel the user chose for this turn (their notebook's), if any; `kernel_id` wins over the notebook.
     kernel_id: str | None = None
     notebook_path: str | None = None
+    # Request headers set by a trusted proxy (empty unless the server trusts proxy headers).
     headers: Mapping[str, str] = field(default_factory=dict)
-    # Tells the turn the tool is alive and what it is doing (a heartbeat status such as "executing").
-    heartbeat: Callable[[str], Awaitable[None]] | None = None
+    # The thread before this turn (e.g. to replay its code in a fresh kernel).
+    history: list[Variant] = field(default_factory=list)
 
 
 @runtime_checkable
