@@ -98,9 +98,22 @@ def hint(**content: str | int | float) -> Variant:
     return Variant(SERVER_HINT, content)
 
 
+# Strict JSON, non-ASCII escaped: the web frontend decodes every network read on its own. One encoder for all
+# lines: json.dumps with non-default arguments builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+_ENCODE_STRING = json.encoder.encode_basestring_ascii
+
+
 def encode_line(obj: dict[str, Any]) -> bytes:
-    # Strict JSON, non-ASCII escaped: the web frontend decodes every network read on its own.
-    return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+    return _ENCODER.encode(obj).encode() + b"\n"
+
+
+def _text_line(variant: str, text: str, vid: str | None) -> bytes:
+    """The hot path: one streamed text fragment, without building a dict."""
+    head = b'{"variant":"' + variant.encode() + b'","content":' + _ENCODE_STRING(text).encode()
+    if vid is not None:
+        head += b',"id":' + _ENCODE_STRING(vid).encode()
+    return head + b"}\n"
 
 
 def wire_lines(variant: Variant) -> Iterator[bytes]:
@@ -110,6 +123,9 @@ def wire_lines(variant: Variant) -> Iterator[bytes]:
         for start in range(0, len(content), IMAGE_LINE_CHARS):
             part = Variant(IMAGE, content[start : start + IMAGE_LINE_CHARS], id=variant.id)
             yield encode_line(part.wire_dict())
+        return
+    if isinstance(content, str) and variant.tool_name is None:
+        yield _text_line(variant.variant, content, variant.id)
         return
     yield encode_line(variant.wire_dict())
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.fake_llm import FakeLLM, catalogue_yaml
+from tests.frontend import as_stored, read_stream, stored_tail
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -61,12 +62,15 @@ def parse_lines(body: bytes) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def api(jp_fetch) -> Callable[..., Any]:
-    """Call a chatbot route as a user: `await api("getthread", user="bob", thread_id=...)`."""
+    """Call a chatbot route as a user: `await api("getthread", user="bob", thread_id=...)`.
+
+    Every stream it receives is read as the web frontend reads it and compared with what the thread stored.
+    """
 
     async def call(route: str, *, user: str = "alice", method: str = "GET", raise_error: bool = True, **params: Any):
         headers = {"Authorization": f"token {user}"} if user else {}
         if method == "POST":
-            return await jp_fetch(
+            response = await jp_fetch(
                 "api",
                 "chatbot",
                 route,
@@ -75,10 +79,24 @@ def api(jp_fetch) -> Callable[..., Any]:
                 headers=headers,
                 raise_error=raise_error,
             )
-        query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
-        return await jp_fetch("api", "chatbot", route, params=query, headers=headers, raise_error=raise_error)
+        else:
+            query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
+            response = await jp_fetch("api", "chatbot", route, params=query, headers=headers, raise_error=raise_error)
+        if route == "streamresponse" and response.code == 200:
+            await check_against_store(call, response.body, user=user, params=params)
+        return response
 
     return call
+
+
+async def check_against_store(call, body: bytes, *, user: str, params: dict[str, Any]) -> None:
+    """The frontend's merged messages of a finished stream are exactly what getthread returns for the turn."""
+    thread_id, messages, _ = read_stream(body)
+    if str(params.get("store_thread", True)).lower() in ("false", "0"):
+        return
+    show_tools = str(params.get("show_tools", False)).lower() in ("true", "1")
+    stored = json.loads((await call("getthread", user=user, thread_id=thread_id, show_tools=show_tools)).body)
+    assert as_stored(messages) == stored_tail(stored)
 
 
 def body_json(response: Any) -> Any:

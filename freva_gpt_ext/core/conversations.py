@@ -11,8 +11,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from ..storage.base import ThreadStore
 from ..variants import (
@@ -265,8 +266,6 @@ class Conversations:
         try:
             await store.create(thread_id, owner, provisional_topic(user_input))
             history = await store.read(thread_id)
-            if name_thread is not None:
-                await self._maybe_retitle(store, thread_id, history, user_input, name_thread)
             turn = Turn(
                 thread_id=thread_id,
                 store=store,
@@ -282,8 +281,20 @@ class Conversations:
             await store.release_lease(thread_id, holder)
             raise
         self.active[thread_id] = turn
-        turn.task = asyncio.create_task(turn.run(producer, lambda: self._forget(turn)))
+
+        def done() -> None:
+            self._forget(turn)
+            # Titled after the answer, so that the title's LLM call never delays the answer's first words.
+            if name_thread is not None:
+                self._spawn(self._maybe_retitle(store, thread_id, history, user_input, name_thread))
+
+        turn.task = asyncio.create_task(turn.run(producer, done))
         return turn
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _maybe_retitle(
         self,
@@ -294,20 +305,18 @@ class Conversations:
         name_thread: Callable[[str], Awaitable[str]],
     ) -> None:
         """Title the thread from its first meaningful message, once, unless the user has renamed it."""
-        info = await store.info(thread_id)
         first = next((str(v.content) for v in history if v.variant == USER), user_input)
-        if info is None or info.topic != provisional_topic(first) or not is_meaningful(user_input):
+        provisional = provisional_topic(first)
+        if not is_meaningful(user_input):
             return
-        task = asyncio.create_task(self._retitle(store, thread_id, info.topic, name_thread(user_input)))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _retitle(self, store: ThreadStore, thread_id: str, provisional: str, title: Awaitable[str]) -> None:
         try:
-            text = await title
             info = await store.info(thread_id)
-            if text and info is not None and info.topic == provisional:
-                await store.set_topic(thread_id, text)
+            if info is None or info.topic != provisional:
+                return
+            title = await name_thread(user_input)
+            info = await store.info(thread_id)
+            if title and info is not None and info.topic == provisional:
+                await store.set_topic(thread_id, title)
         except Exception as err:  # the provisional topic stays: a title is a nicety
             self.log.warning("Could not title thread %s: %s", thread_id, err)
 

@@ -8,6 +8,7 @@ imported only when such a model is used (its import is slow and it reaches for t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -240,11 +241,16 @@ class LLMClient:
                 if response.status_code >= 400:
                     detail = _error_text(await response.aread())
                     raise LLMError(f"The LLM answered {response.status_code}: {detail}", response.status_code)
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        # Read the body to its end, or the pooled connection is dropped (a new TCP/TLS
+                        # handshake per call); a server that lingers after [DONE] only costs the connection.
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(_drain(lines), 1.0)
                         return
                     try:
                         chunk = json.loads(data)
@@ -316,6 +322,11 @@ class LLMClient:
         """A whole (non-streamed) answer, for short side tasks."""
         parts = [d.text async for d in self.stream(model, messages)]
         return "".join(parts)
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    async for _ in lines:
+        pass
 
 
 def _import_litellm() -> Any:
