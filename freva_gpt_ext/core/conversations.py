@@ -165,8 +165,6 @@ class Turn:
         worker = asyncio.create_task(self._consume(producer))
         watcher = asyncio.create_task(self._watch())
         heart = asyncio.create_task(self._heartbeat())
-        error: str | None = None
-        reason = STREAM_DONE
         try:
             done, _ = await asyncio.wait({worker, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if worker in done:
@@ -175,17 +173,20 @@ class Turn:
                 worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
-                reason = STOPPED_BY_USER
-            for task in (watcher, heart):
-                task.cancel()
-            if reason == STOPPED_BY_USER:
-                await self._close_open_call("Stopped by user.")
-            else:
-                await self._close_open_call(error or "The tool call ended without a result.")
-            if error:
-                await self.emit(Variant(SERVER_ERROR, error))
-                reason = "Stream ended with an error."
-            await self.emit(Variant(STREAM_END, reason))
+                error = watcher.result()
+            heart.cancel()
+            stopped = worker not in done and error is None
+            try:
+                await self._close_open_call("Stopped by user." if stopped else (error or "No result."))
+                if error:
+                    await self.emit(Variant(SERVER_ERROR, error))
+                reason = STOPPED_BY_USER if stopped else "Stream ended with an error." if error else STREAM_DONE
+                await self.emit(Variant(STREAM_END, reason))
+            except Exception as err:
+                # The store failed: the client still learns why and gets its StreamEnd.
+                self.log.exception("Could not store the end of thread %s", self.thread_id)
+                self._queue(Variant(SERVER_ERROR, f"The thread store failed: {err}"))
+                self._queue(Variant(STREAM_END, "Stream ended with an error."))
         finally:
             for task in (worker, watcher, heart):
                 task.cancel()
@@ -209,20 +210,25 @@ class Turn:
             return f"The assistant failed: {type(err).__name__}: {err}"
         return None
 
-    async def _watch(self) -> None:
-        """Returns when a stop is requested, here or (through the store) in another process."""
+    async def _watch(self) -> str | None:
+        """Returns when a stop is requested, here or (through the store) in another process: None; or an
+        error text when the thread's lease was lost (another process took the thread over)."""
         lease_due = time.monotonic() + self.settings.lease_ttl / 3
         while True:
             try:
                 await asyncio.wait_for(self._stop.wait(), self.settings.stop_poll_interval)
-                return
+                return None
             except TimeoutError:
                 pass
-            if await self.store.stop_requested(self.thread_id):
-                return
-            if time.monotonic() >= lease_due:
-                await self.store.renew_lease(self.thread_id, self.holder, self.settings.lease_ttl)
-                lease_due = time.monotonic() + self.settings.lease_ttl / 3
+            try:
+                if await self.store.stop_requested(self.thread_id):
+                    return None
+                if time.monotonic() >= lease_due:
+                    if not await self.store.renew_lease(self.thread_id, self.holder, self.settings.lease_ttl):
+                        return "This answer was interrupted: the thread was taken over by another server."
+                    lease_due = time.monotonic() + self.settings.lease_ttl / 3
+            except Exception as err:  # a flaky store must not end the turn; the next poll tries again
+                self.log.warning("Stop/lease check of thread %s failed: %s", self.thread_id, err)
 
     async def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval
