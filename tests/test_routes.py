@@ -321,3 +321,7 @@ async def test_store_thread_false_keeps_history_in_memory(api, fake_llm):
     await stream(api, input="what number?", thread_id=tid, store_thread="0")
     users = [m["content"] for m in fake_llm.requests[0]["body"]["messages"] if m["role"] == "user"]
     assert users == ["remember 42", "what number?"]
+
+
+async def test_unknown_route_is_json_404(api):
+    await expect_error(api, 404, "Unknown route", route="nosuchroute")

@@ -13,6 +13,7 @@ from .meta import (
     NewThreadHandler,
     OpenAPIHandler,
     PingHandler,
+    UnknownRouteHandler,
 )
 from .spec import BY_NAME
 from .stream import StopHandler, StreamHandler
@@ -48,4 +49,5 @@ assert {h.route_name for h in HANDLERS} == set(BY_NAME), "every described route 
 
 def handlers(prefix: str = "api/chatbot") -> list[tuple[str, type[RequestHandler]]]:
     """Routes relative to the server's base_url (ExtensionApp prefixes it)."""
-    return [(url_path_join("/", prefix, h.route_name.replace(".", r"\.")), h) for h in HANDLERS]
+    routes = [(url_path_join("/", prefix, h.route_name.replace(".", r"\.")), h) for h in HANDLERS]
+    return [*routes, (url_path_join("/", prefix, ".*"), UnknownRouteHandler)]

@@ -75,3 +75,12 @@ class NewThreadHandler(ChatbotHandler):
 
     async def handle(self) -> None:
         self.reply(new_thread_id())
+
+
+class UnknownRouteHandler(ChatbotHandler):
+    """Anything else under api/chatbot/: a JSON 404 naming the routes, not Jupyter's HTML page."""
+
+    route_name = ""
+
+    async def handle(self) -> None:
+        raise ApiError(404, f"Unknown route. Routes: {', '.join(r.name for r in ROUTES)}.", "Unknown route")
