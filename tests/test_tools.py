@@ -179,3 +179,18 @@ async def test_stop_cuts_a_code_call_short(jp_fetch, api):
     assert kinds(stored) == ["User", "Code", "CodeOutput", "CodeError"]
     assert json.loads(stored[1]["content"]) == arguments
     assert stored[2]["content"] == "" and stored[3]["content"] == "Stopped by user."
+
+
+async def test_litellm_path_runs_the_same_tool_loop(api):
+    async def lines_of(chatbot):
+        return await turn(api, input="compute", chatbot=chatbot, request_timeout=90)
+
+    lean_lines = await lines_of("fake-code")
+    litellm_lines = await lines_of("fake-code-litellm")
+    assert messages_of(lean_lines) == messages_of(litellm_lines)
+    assert text_of(lean_lines) == text_of(litellm_lines) == "The result was: 42\n"
+    code = [
+        json.loads("".join(x["content"] for x in lines if x["variant"] == "Code"))
+        for lines in (lean_lines, litellm_lines)
+    ]
+    assert code[0] == code[1] == {"code": "print(6*7)"}

@@ -11,6 +11,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from tests.conftest import body_json
+from tests.frontend import read_stream
 
 
 class LiveStream:
@@ -54,6 +55,7 @@ class LiveStream:
     async def finish(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         await asyncio.wait_for(self.task, timeout)
         assert self._buffer == b"", "the stream ended in the middle of a line"
+        read_stream(b"".join(json.dumps(line).encode() + b"\n" for line in self.lines))
         return self.lines
 
 
