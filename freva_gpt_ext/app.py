@@ -22,6 +22,8 @@ from .core.topics import summarise
 from .handlers import handlers
 from .paths import data_folder
 from .storage import MemoryThreadStore, SQLiteThreadStore, ThreadStore
+from .tools.base import Tool
+from .tools.kernel import KernelTool
 from .tools.registry import load_tools
 
 ENV_PREFIX = "FREVAGPT_"
@@ -68,6 +70,36 @@ class FrevaGPT(ExtensionApp):
     ).tag(config=True)
     tool_result_chars = Int(
         20000, help="Most characters of one tool result that are sent back to the LLM (the rest is cut)."
+    ).tag(config=True)
+
+    # -- code interpreter ---------------------------------------------------------------------------------
+    code_interpreter = Bool(
+        True,
+        help="Offer the built-in `code_interpreter` tool: Python in a Jupyter kernel (the notebook's kernel "
+        "named by the request, else one kernel per thread). A tool of `tools` with that name replaces it.",
+    ).tag(config=True)
+    kernel_spec = Unicode(
+        "", help="Kernel spec of the per-thread kernels; empty: the server's default kernel (usually python3)."
+    ).tag(config=True)
+    execution_timeout = Float(
+        600.0,
+        help="Seconds one code_interpreter call may run before it is interrupted (the turn goes on with an "
+        "error for that call).",
+    ).tag(config=True)
+    kernel_idle_timeout = Float(
+        3600.0,
+        help="Seconds a per-thread kernel may stay unused before it is shut down (its code is replayed when the "
+        "thread is used again, see `replay_code`); 0: never. Notebook kernels are never shut down.",
+    ).tag(config=True)
+    replay_code = Bool(
+        True,
+        help="When a thread's per-thread kernel is gone (server restart, idle shutdown, culled, died), run the "
+        "thread's earlier successful code in its new kernel before the turn's code (stops at the first failure).",
+    ).tag(config=True)
+    evaluation_system_config_file = Unicode(
+        "",
+        help="Freva configuration file given to per-thread kernels as $EVALUATION_SYSTEM_CONFIG_FILE; a "
+        "`freva-config` or `X-Freva-Config-Path` header wins when `trust_proxy_headers` is on.",
     ).tag(config=True)
 
     # -- prompts ------------------------------------------------------------------------------------------
@@ -193,7 +225,7 @@ class FrevaGPT(ExtensionApp):
             default_api_key=self.openai_api_key or None,
             log=self.log,
         )
-        self.tool_registry = load_tools(self.tools)
+        self.tool_registry = self._build_tools()
         self.orchestrator = Orchestrator(
             self.llm,
             self.prompts,
@@ -223,6 +255,30 @@ class FrevaGPT(ExtensionApp):
         elif self.dev:
             self.log.warning("FrevaGPT `dev` only applies to the standalone server (`jupyter freva-gpt`).")
         self.log.info("FrevaGPT %s: threads in %s", __version__, data)
+
+    def _build_tools(self) -> dict[str, Tool]:
+        """The kernel tool first (the LLM sees the tools in this order), then the configured ones."""
+        configured = load_tools(self.tools)
+        registry: dict[str, Tool] = {}
+        if self.code_interpreter and KernelTool.name not in configured:
+            kernel_manager = self.serverapp.kernel_manager
+            registry[KernelTool.name] = KernelTool(
+                kernel_manager,
+                session_manager=self.serverapp.session_manager,
+                kernel_root=self.kernel_root,
+                kernel_name=self.kernel_spec or kernel_manager.default_kernel_name,
+                execution_timeout=self.execution_timeout,
+                idle_timeout=self.kernel_idle_timeout,
+                replay=self.replay_code,
+                evaluation_system_config_file=self.evaluation_system_config_file,
+                # Cut in the middle to fit what the LLM receives, with room for the call's error line.
+                max_output_chars=max(1000, self.tool_result_chars - 1000),
+                log=self.log,
+            )
+        elif KernelTool.name in configured:
+            self.log.info("The configured tool %r replaces the built-in code interpreter.", KernelTool.name)
+        registry.update(configured)
+        return registry
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())

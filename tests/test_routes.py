@@ -135,9 +135,11 @@ async def test_prompts_and_history_sent_once(api, fake_llm):
     assert "code_interpreter" in messages[0]["content"]
     systems = [m for m in messages if m["role"] == "system"]
     assert len(systems) == 2  # starting prompt + summary prompt
-    users = [m["content"] for m in messages if m["role"] == "user"]
+    # the prompt set's few-shot examples sit between the two; the thread follows the summary prompt
+    thread = messages[messages.index(systems[1]) + 1 :]
+    users = [m["content"] for m in thread if m["role"] == "user"]
     assert users == ["first question", "second question"]
-    assistants = [m["content"] for m in messages if m["role"] == "assistant"]
+    assistants = [m["content"] for m in thread if m["role"] == "assistant"]
     assert assistants == ["Hello from the fake LLM. You said: first question"]
     assert messages[-1] == {"role": "user", "content": "second question"}
     assert request["body"]["stream"] is True
@@ -319,7 +321,9 @@ async def test_store_thread_false_keeps_history_in_memory(api, fake_llm):
     tid = (await stream(api, input="remember 42", store_thread="false"))[0]["content"]["thread_id"]
     fake_llm.clear()
     await stream(api, input="what number?", thread_id=tid, store_thread="0")
-    users = [m["content"] for m in fake_llm.requests[0]["body"]["messages"] if m["role"] == "user"]
+    messages = fake_llm.requests[0]["body"]["messages"]
+    thread = messages[max(i for i, m in enumerate(messages) if m["role"] == "system") + 1 :]  # after the examples
+    users = [m["content"] for m in thread if m["role"] == "user"]
     assert users == ["remember 42", "what number?"]
 
 

@@ -42,6 +42,12 @@ def text_of(lines):
     return "".join(x["content"] for x in lines if x["variant"] == "Assistant")
 
 
+def thread_part(messages):
+    """The messages after the last system prompt: the thread, without the prompt set's few-shot examples."""
+    last_system = max(i for i, m in enumerate(messages) if m["role"] == "system")
+    return messages[last_system + 1 :]
+
+
 def turn_requests(fake_llm):
     """The LLM calls of turns (not the topic titles)."""
     return [r for r in fake_llm.requests if "tools" in r["body"]]
@@ -66,7 +72,7 @@ async def test_code_round_trip(api, fake_llm):
     assert stored[3]["content"] == "The result was: 42\n"
     # round two received the history once, then the call and its result
     second = turn_requests(fake_llm)[-1]["body"]["messages"]
-    assert [m["content"] for m in second if m["role"] == "user"] == ["compute"]
+    assert [m["content"] for m in thread_part(second) if m["role"] == "user"] == ["compute"]
     assert second[-2]["tool_calls"] == [
         {
             "id": "call_1",
@@ -88,7 +94,7 @@ async def test_repeated_provider_ids_become_unique(api, fake_llm):
     # the name and id repeated in every chunk were taken once
     assert json.loads(stored[-3]["content"]) == {"code": "print(6*7)"}
     # the history sent in turn two pairs each call with its result
-    messages = turn_requests(fake_llm)[-1]["body"]["messages"]
+    messages = thread_part(turn_requests(fake_llm)[-1]["body"]["messages"])
     calls = [tc["id"] for m in messages for tc in m.get("tool_calls") or []]
     results = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
     assert calls == results == ["call_1", "call_1_2"]
