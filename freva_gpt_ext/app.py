@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -279,6 +280,21 @@ class FrevaGPT(ExtensionApp):
             self.log.info("The configured tool %r replaces the built-in code interpreter.", KernelTool.name)
         registry.update(configured)
         return registry
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        # Import litellm now, while nobody streams, if a model needs it: its import holds the interpreter for
+        # seconds and would stall live streams if it happened during the first such turn.
+        if any(not model.streams_lean for model in self.catalogue.chat):
+            self._litellm_import = asyncio.ensure_future(self.llm.load_litellm())
+            self._litellm_import.add_done_callback(self._litellm_loaded)
+
+    def _litellm_loaded(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            self.log.warning("litellm could not be imported: %s", future.exception())
+        else:
+            self.log.info("litellm is ready for the models that need it.")
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())

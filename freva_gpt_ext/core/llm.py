@@ -193,7 +193,7 @@ class LLMClient:
             trust_env=False,  # an HPC node's proxy variables must not reroute a local model endpoint
         )
         self._log = log
-        self._litellm: Any = None
+        self._litellm: asyncio.Future[Any] | None = None
         self._openai_clients: dict[tuple[str, str], Any] = {}
 
     async def aclose(self) -> None:
@@ -269,15 +269,13 @@ class LLMClient:
     async def _stream_litellm(
         self, model: ModelEntry, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> AsyncIterator[Delta]:
-        if self._litellm is None:
-            try:
-                # Seconds of CPU and a network-minded import: off the event loop, once.
-                self._litellm = await asyncio.to_thread(_import_litellm)
-            except ImportError as err:
-                raise LLMError(
-                    f"The model {model.name!r} needs litellm, which is not installed "
-                    "(pip install 'freva_gpt_ext[litellm]')."
-                ) from err
+        try:
+            litellm = await self.load_litellm()
+        except ImportError as err:
+            raise LLMError(
+                f"The model {model.name!r} needs litellm, which is not installed "
+                "(pip install 'freva_gpt_ext[litellm]')."
+            ) from err
         kwargs = {key: model.param(key) for key in model.params if key != "model"}
         if tools:
             kwargs["tools"] = tools
@@ -285,7 +283,7 @@ class LLMClient:
             # litellm caches its own clients at module level; ours belong to this app and its event loop.
             kwargs["client"] = self._openai_client(str(kwargs["api_base"]), kwargs.get("api_key"))
         try:
-            response = await self._litellm.acompletion(
+            response = await litellm.acompletion(
                 model=model.provider_model,
                 messages=messages,
                 stream=True,
@@ -307,6 +305,12 @@ class LLMClient:
             raise LLMError(
                 f"The LLM answered {status}: {message}" if status else f"The LLM failed: {message}", status
             ) from err
+
+    async def load_litellm(self) -> Any:
+        """litellm, imported once, in a worker thread: seconds of CPU, and it must be told to stay offline."""
+        if self._litellm is None:
+            self._litellm = asyncio.ensure_future(asyncio.to_thread(_import_litellm))
+        return await asyncio.shield(self._litellm)
 
     def _openai_client(self, api_base: str, api_key: Any) -> Any:
         import openai  # installed with litellm
