@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    # Written by the build from labextension/package.json, the one version source.
+    from ._version import __version__
+except ImportError:  # a checkout that was never installed
+    __version__ = "0.0.0+unknown"
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up the extension and starts JupyterLab with it, on the embedded defaults (threads in a SQLite file
-# under the Jupyter data dir). Extra arguments go to `jupyter lab`.
+# Sets up the extension (building the JupyterLab panel) and starts JupyterLab with it, on the embedded defaults
+# (threads in a SQLite file under the Jupyter data dir). The FrevaGPT panel is in the right side bar.
+# Extra arguments go to `jupyter lab`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

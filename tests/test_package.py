@@ -67,3 +67,18 @@ def test_readme_documents_every_option():
     for name in FrevaGPT.class_own_traits(config=True):
         assert f"`{name}`" in readme, name
         assert f"`FREVAGPT_{name.upper()}" in readme, name
+
+
+def test_one_version_source():
+    import json
+
+    import freva_gpt_ext
+
+    package = json.loads((ROOT / "labextension" / "package.json").read_text())
+    assert freva_gpt_ext.__version__ == package["version"]
+
+
+def test_labextension_is_installed_and_enabled():
+    out = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
+    assert re.search(r"freva-gpt-ext v\S+ enabled\s+OK", text), text

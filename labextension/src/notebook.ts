@@ -1,0 +1,121 @@
+/**
+ * The panel's view of the active notebook: which kernel "run code in the notebook's kernel" targets, and
+ * inserting (and running) code below its active cell.
+ *
+ * The notebook is `INotebookTracker.currentWidget` — the last notebook the user focused — never
+ * `shell.currentWidget`, which is the chat panel itself while the user types in it.
+ */
+import { JupyterFrontEnd } from '@jupyterlab/application';
+import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
+import { ISignal, Signal } from '@lumino/signaling';
+
+export interface IKernelTarget {
+  /** The notebook's path, or `null` when no notebook is open. */
+  path: string | null;
+  /** The notebook's tab label. */
+  name: string | null;
+  kernelId: string | null;
+  kernelName: string | null;
+}
+
+export class NotebookBridge {
+  constructor(
+    readonly app: JupyterFrontEnd,
+    readonly tracker: INotebookTracker
+  ) {
+    tracker.currentChanged.connect(this._onCurrentChanged, this);
+    this._onCurrentChanged();
+  }
+
+  /** Emits when the current notebook, its kernel or its name changes. */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  get current(): NotebookPanel | null {
+    return this.tracker.currentWidget;
+  }
+
+  /** The kernel that code would run in. */
+  target(): IKernelTarget {
+    const panel = this.current;
+    if (!panel) {
+      return { path: null, name: null, kernelId: null, kernelName: null };
+    }
+    const kernel = panel.sessionContext.session?.kernel ?? null;
+    return {
+      path: panel.context.path,
+      name: panel.title.label || panel.context.path,
+      kernelId: kernel?.id ?? null,
+      kernelName: kernel ? panel.sessionContext.kernelDisplayName : null
+    };
+  }
+
+  /**
+   * Insert `code` in a new code cell below the active cell of the current notebook; `run` runs it in the
+   * notebook's kernel. Returns false when no notebook is open.
+   */
+  async insert(code: string, run: boolean): Promise<boolean> {
+    const panel = this.current;
+    if (!panel) {
+      return false;
+    }
+    await panel.context.ready;
+    const notebook = panel.content;
+    if (notebook.widgets.length === 0 || notebook.activeCellIndex < 0) {
+      notebook.activeCellIndex = Math.max(0, notebook.widgets.length - 1);
+    }
+    NotebookActions.insertBelow(notebook);
+    NotebookActions.changeCellType(notebook, 'code');
+    const cell = notebook.activeCell;
+    if (!cell) {
+      return false;
+    }
+    cell.model.sharedModel.setSource(code);
+    // Show the notebook (without moving it into the background when it already shows).
+    if (!panel.isVisible) {
+      this.app.shell.activateById(panel.id);
+    }
+    if (run) {
+      await NotebookActions.run(notebook, panel.sessionContext);
+    }
+    return true;
+  }
+
+  dispose(): void {
+    Signal.clearData(this);
+  }
+
+  private _onCurrentChanged(): void {
+    const panel = this.current;
+    if (panel === this._watched) {
+      return;
+    }
+    if (this._watched) {
+      this._watched.sessionContext.kernelChanged.disconnect(this._emit, this);
+      this._watched.sessionContext.statusChanged.disconnect(this._emit, this);
+      this._watched.title.changed.disconnect(this._emit, this);
+      this._watched.disposed.disconnect(this._onDisposed, this);
+    }
+    this._watched = panel;
+    if (panel) {
+      panel.sessionContext.kernelChanged.connect(this._emit, this);
+      panel.sessionContext.statusChanged.connect(this._emit, this);
+      panel.title.changed.connect(this._emit, this);
+      panel.disposed.connect(this._onDisposed, this);
+    }
+    this._emit();
+  }
+
+  private _onDisposed(): void {
+    this._watched = null;
+    this._emit();
+  }
+
+  private _emit(): void {
+    this._changed.emit();
+  }
+
+  private _watched: NotebookPanel | null = null;
+  private _changed = new Signal<this, void>(this);
+}

@@ -1,0 +1,617 @@
+/**
+ * The FrevaGPT side panel: a header (new chat, threads, model, kernel toggle), the thread list, and
+ * `@jupyter/chat`'s chat widget with our status line, stop button and feedback buttons.
+ */
+import {
+  ChatWidget,
+  IMessageContent,
+  IMessageFooterRegistry,
+  InputToolbarRegistry,
+  MessageFooterRegistry,
+  MessageFooterSectionProps,
+  TooltippedIconButton
+} from '@jupyter/chat';
+import { Dialog, IThemeManager, ReactWidget, showDialog } from '@jupyterlab/apputils';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { TranslationBundle } from '@jupyterlab/translation';
+import {
+  HTMLSelect,
+  addIcon,
+  caretLeftIcon,
+  caretRightIcon,
+  deleteIcon,
+  editIcon,
+  historyIcon,
+  stopIcon
+} from '@jupyterlab/ui-components';
+import { ISignal, Signal } from '@lumino/signaling';
+import { Panel } from '@lumino/widgets';
+import React, { useCallback, useEffect, useRef, useState } from 'react';
+
+import { IThreadInfo, IThreadPage } from './api';
+import { StreamFollower } from './follow';
+import { frevaIcon, thumbDownIcon, thumbUpIcon } from './icons';
+import { FrevaChatModel, StatusKey } from './model';
+
+export const PANEL_ID = 'freva-gpt-panel';
+const PAGE_SIZE = 20;
+
+/** Re-render whenever one of the signals emits. */
+function useSignals(...signals: ISignal<unknown, unknown>[]): void {
+  const [, setTick] = useState(0);
+  useEffect(() => {
+    const bump = () => setTick(t => t + 1);
+    signals.forEach(s => s.connect(bump));
+    return () => signals.forEach(s => s.disconnect(bump));
+  }, signals);
+}
+
+export function statusText(key: StatusKey | null, trans: TranslationBundle): string {
+  switch (key) {
+    case null:
+    case undefined:
+      return '';
+    case 'thinking':
+      return trans.__('Thinking…');
+    case 'writing':
+      return trans.__('Writing…');
+    case 'coding':
+      return trans.__('Writing code…');
+    case 'executing':
+      return trans.__('Executing code…');
+    case 'waiting_for_kernel':
+      return trans.__('Waiting for your kernel…');
+    case 'searching':
+      return trans.__('Searching documentation…');
+    case 'stopping':
+      return trans.__('Stopping…');
+    case 'stopped':
+      return trans.__('Stopped.');
+    case 'cutoff':
+      return trans.__('The answer was cut off.');
+    default:
+      return trans.__('%1…', String(key).replace(/_/g, ' '));
+  }
+}
+
+/** The line under "Run code in the notebook's kernel": which notebook, or why none. */
+function KernelTarget(props: { model: FrevaChatModel; trans: TranslationBundle }): JSX.Element | null {
+  const { model, trans } = props;
+  useSignals(model.stateChanged, model.notebook.changed);
+  if (!model.runInNotebookKernel) {
+    return null;
+  }
+  const target = model.notebook.target();
+  let state: string;
+  let text: string;
+  if (!target.path) {
+    state = 'no-notebook';
+    text = trans.__("No notebook is open: code runs in FrevaGPT's own kernel.");
+  } else if (!target.kernelId) {
+    state = 'no-kernel';
+    text = trans.__("%1 has no kernel: code runs in FrevaGPT's own kernel.", target.name ?? target.path);
+  } else {
+    state = 'kernel';
+    text = trans.__('Code runs in %1 (%2).', target.name ?? target.path, target.kernelName ?? '');
+  }
+  return (
+    <div className="freva-gpt-kernel-target" data-state={state} title={target.path ?? ''}>
+      {text}
+    </div>
+  );
+}
+
+function Header(props: { panel: FrevaPanel }): JSX.Element {
+  const { panel } = props;
+  const { model, trans } = panel;
+  useSignals(model.stateChanged, panel.viewChanged);
+  const models = model.models;
+  return (
+    <div className="freva-gpt-header">
+      <div className="freva-gpt-header-row">
+        <button
+          type="button"
+          className="jp-Button jp-mod-minimal freva-gpt-new-chat"
+          title={trans.__('New chat')}
+          aria-label={trans.__('New chat')}
+          onClick={() => panel.newChat()}
+        >
+          <addIcon.react tag="span" className="freva-gpt-button-icon" />
+          <span>{trans.__('New')}</span>
+        </button>
+        <button
+          type="button"
+          className="jp-Button jp-mod-minimal freva-gpt-threads-button"
+          title={trans.__('Your threads')}
+          aria-pressed={panel.showingThreads}
+          onClick={() => panel.showThreads(!panel.showingThreads)}
+        >
+          <historyIcon.react tag="span" className="freva-gpt-button-icon" />
+          <span>{trans.__('Threads')}</span>
+        </button>
+        <HTMLSelect
+          className="freva-gpt-model"
+          aria-label={trans.__('Model')}
+          title={trans.__('Model')}
+          value={model.chatbot}
+          disabled={!models.length}
+          onChange={event => (model.chatbot = event.currentTarget.value)}
+          options={models.length ? models : [{ label: trans.__('No model configured'), value: '' }]}
+        />
+      </div>
+      <label className="freva-gpt-kernel-toggle">
+        <input
+          type="checkbox"
+          checked={model.runInNotebookKernel}
+          onChange={event => (model.runInNotebookKernel = event.currentTarget.checked)}
+        />
+        <span>{trans.__("Run code in the active notebook's kernel")}</span>
+      </label>
+      <KernelTarget model={model} trans={trans} />
+    </div>
+  );
+}
+
+function formatDate(iso: string): string {
+  const date = new Date(iso);
+  return isNaN(date.getTime()) ? iso : date.toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' });
+}
+
+function ThreadItem(props: {
+  panel: FrevaPanel;
+  thread: IThreadInfo;
+  current: boolean;
+  onChanged: () => void;
+}): JSX.Element {
+  const { panel, thread, current, onChanged } = props;
+  const { model, trans } = panel;
+  const [renaming, setRenaming] = useState(false);
+  const [draft, setDraft] = useState(thread.topic);
+  const topic = thread.topic || trans.__('(untitled)');
+
+  const rename = async () => {
+    const value = draft.trim();
+    setRenaming(false);
+    if (!value || value === thread.topic) {
+      return;
+    }
+    try {
+      await model.api.setTopic(thread.thread_id, value);
+      onChanged();
+    } catch (error) {
+      model.notifyError(error);
+    }
+  };
+
+  const remove = async () => {
+    const result = await showDialog({
+      title: trans.__('Delete thread'),
+      body: trans.__('Delete “%1”? This cannot be undone. Files the assistant wrote stay.', topic),
+      buttons: [
+        Dialog.cancelButton({ label: trans.__('Cancel') }),
+        Dialog.warnButton({ label: trans.__('Delete') })
+      ]
+    });
+    if (!result.button.accept) {
+      return;
+    }
+    try {
+      await model.api.deleteThread(thread.thread_id);
+      if (model.threadId === thread.thread_id) {
+        model.newChat();
+      }
+      onChanged();
+    } catch (error) {
+      model.notifyError(error);
+    }
+  };
+
+  return (
+    <li className="freva-gpt-thread" data-thread-id={thread.thread_id} aria-current={current}>
+      {renaming ? (
+        <input
+          className="jp-mod-styled freva-gpt-thread-rename"
+          autoFocus
+          value={draft}
+          aria-label={trans.__('New name')}
+          onChange={event => setDraft(event.currentTarget.value)}
+          onBlur={() => void rename()}
+          onKeyDown={event => {
+            if (event.key === 'Enter') {
+              void rename();
+            } else if (event.key === 'Escape') {
+              setDraft(thread.topic);
+              setRenaming(false);
+            }
+          }}
+        />
+      ) : (
+        <button
+          type="button"
+          className="freva-gpt-thread-open"
+          title={trans.__('Open this thread')}
+          onClick={() => void panel.openThread(thread.thread_id)}
+        >
+          <span className="freva-gpt-thread-topic">{topic}</span>
+          <span className="freva-gpt-thread-date">{formatDate(thread.date)}</span>
+        </button>
+      )}
+      <button
+        type="button"
+        className="jp-Button jp-mod-minimal freva-gpt-thread-action"
+        data-action="rename"
+        title={trans.__('Rename')}
+        aria-label={trans.__('Rename')}
+        onClick={() => {
+          setDraft(thread.topic);
+          setRenaming(true);
+        }}
+      >
+        <editIcon.react tag="span" />
+      </button>
+      <button
+        type="button"
+        className="jp-Button jp-mod-minimal freva-gpt-thread-action"
+        data-action="delete"
+        title={trans.__('Delete')}
+        aria-label={trans.__('Delete')}
+        onClick={() => void remove()}
+      >
+        <deleteIcon.react tag="span" />
+      </button>
+    </li>
+  );
+}
+
+/** The user's threads: search, pages, open, rename, delete. */
+function ThreadsView(props: { panel: FrevaPanel }): JSX.Element {
+  const { panel } = props;
+  const { model, trans } = panel;
+  const [query, setQuery] = useState('');
+  const [page, setPage] = useState(0);
+  const [data, setData] = useState<IThreadPage | null>(null);
+  const [loading, setLoading] = useState(false);
+  const request = useRef(0);
+
+  const load = useCallback(async () => {
+    const id = ++request.current;
+    setLoading(true);
+    try {
+      const result = await model.api.userThreads(page, PAGE_SIZE, query);
+      if (id === request.current) {
+        const pages = Math.max(1, Math.ceil(result.total / PAGE_SIZE));
+        if (page >= pages && page > 0) {
+          setPage(pages - 1);
+        }
+        setData(result);
+      }
+    } catch (error) {
+      if (id === request.current) {
+        model.notifyError(error);
+      }
+    } finally {
+      if (id === request.current) {
+        setLoading(false);
+      }
+    }
+  }, [model, page, query]);
+
+  // Search as the user types (debounced), and reload on page changes.
+  useEffect(() => {
+    if (!panel.showingThreads) {
+      return;
+    }
+    const timer = setTimeout(() => void load(), query ? 250 : 0);
+    return () => clearTimeout(timer);
+  }, [load, panel.showingThreads]);
+
+  useEffect(() => {
+    const reload = () => {
+      if (panel.showingThreads) {
+        void load();
+      }
+    };
+    model.threadsChanged.connect(reload);
+    panel.viewChanged.connect(reload);
+    return () => {
+      model.threadsChanged.disconnect(reload);
+      panel.viewChanged.disconnect(reload);
+    };
+  }, [load]);
+
+  const total = data?.total ?? 0;
+  const pages = Math.max(1, Math.ceil(total / PAGE_SIZE));
+  return (
+    <div className="freva-gpt-threads">
+      <input
+        className="jp-mod-styled freva-gpt-thread-search"
+        type="search"
+        placeholder={trans.__('Search threads')}
+        aria-label={trans.__('Search threads')}
+        value={query}
+        onChange={event => {
+          setQuery(event.currentTarget.value);
+          setPage(0);
+        }}
+      />
+      {data && data.threads.length === 0 && !loading && (
+        <div className="freva-gpt-threads-empty">
+          {query ? trans.__('No thread matches “%1”.', query) : trans.__('No threads yet.')}
+        </div>
+      )}
+      <ul className="freva-gpt-thread-list" aria-busy={loading}>
+        {data?.threads.map(thread => (
+          <ThreadItem
+            key={thread.thread_id}
+            panel={panel}
+            thread={thread}
+            current={thread.thread_id === model.threadId}
+            onChanged={() => void load()}
+          />
+        ))}
+      </ul>
+      <div className="freva-gpt-thread-pages">
+        <button
+          type="button"
+          className="jp-Button jp-mod-minimal"
+          data-action="previous"
+          title={trans.__('Newer threads')}
+          disabled={page === 0}
+          onClick={() => setPage(p => Math.max(0, p - 1))}
+        >
+          <caretLeftIcon.react tag="span" />
+        </button>
+        <span className="freva-gpt-thread-count">
+          {total
+            ? trans.__('%1–%2 of %3', page * PAGE_SIZE + 1, Math.min(total, (page + 1) * PAGE_SIZE), total)
+            : ''}
+        </span>
+        <button
+          type="button"
+          className="jp-Button jp-mod-minimal"
+          data-action="next"
+          title={trans.__('Older threads')}
+          disabled={page >= pages - 1}
+          onClick={() => setPage(p => p + 1)}
+        >
+          <caretRightIcon.react tag="span" />
+        </button>
+      </div>
+    </div>
+  );
+}
+
+/** The status line, left in the input toolbar: heartbeats and what the stream is doing. */
+function StatusItem(props: InputToolbarRegistry.IToolbarItemProps): JSX.Element {
+  const model = props.chatModel as FrevaChatModel;
+  useSignals(model.stateChanged);
+  if (props.edit) {
+    return <></>;
+  }
+  const key = model.status;
+  return (
+    <div className="freva-gpt-status" data-status={key ?? ''} aria-live="polite">
+      {key && model.streaming && <span className="freva-gpt-spinner" aria-hidden="true" />}
+      <span>{statusText(key, model.trans)}</span>
+    </div>
+  );
+}
+
+/** Our stop button (the library's only logs): shown while an answer streams. */
+function StopItem(props: InputToolbarRegistry.IToolbarItemProps): JSX.Element {
+  const model = props.chatModel as FrevaChatModel;
+  useSignals(model.stateChanged);
+  if (props.edit || !model.streaming) {
+    return <></>;
+  }
+  const tooltip = model.trans.__('Stop the answer');
+  return (
+    <TooltippedIconButton
+      onClick={() => void model.stop()}
+      tooltip={tooltip}
+      aria-label={tooltip}
+      buttonProps={{ title: tooltip, className: 'freva-gpt-stop' }}
+    >
+      <stopIcon.react tag="span" />
+    </TooltippedIconButton>
+  );
+}
+
+/** Thumbs up/down under the last answer text of each turn. */
+function FeedbackFooter(props: MessageFooterSectionProps): JSX.Element | null {
+  const model = props.model as FrevaChatModel;
+  useSignals(model.stateChanged);
+  const key = (props.message as IMessageContent).metadata?.frevaBlock;
+  const block = model.block(key);
+  if (!key || !block || block.kind !== 'assistant' || !block.text || !model.threadId) {
+    return null;
+  }
+  if (model.isLive(key) || !model.isLastAnswerOfTurn(key)) {
+    return null;
+  }
+  const trans = model.trans;
+  const rate = (value: 'up' | 'down') =>
+    void model.feedback(key, block.feedback === value ? 'remove' : value);
+  return (
+    <div className="freva-gpt-feedback">
+      <button
+        type="button"
+        className="jp-Button jp-mod-minimal"
+        data-feedback="up"
+        aria-pressed={block.feedback === 'up'}
+        title={trans.__('Good answer')}
+        onClick={() => rate('up')}
+      >
+        <thumbUpIcon.react tag="span" />
+      </button>
+      <button
+        type="button"
+        className="jp-Button jp-mod-minimal"
+        data-feedback="down"
+        aria-pressed={block.feedback === 'down'}
+        title={trans.__('Bad answer')}
+        onClick={() => rate('down')}
+      >
+        <thumbDownIcon.react tag="span" />
+      </button>
+    </div>
+  );
+}
+
+export namespace FrevaPanel {
+  export interface IOptions {
+    model: FrevaChatModel;
+    rendermime: IRenderMimeRegistry;
+    themeManager: IThemeManager | null;
+  }
+}
+
+export class FrevaPanel extends Panel {
+  constructor(options: FrevaPanel.IOptions) {
+    super();
+    this.model = options.model;
+    this.trans = options.model.trans;
+    this.id = PANEL_ID;
+    this.addClass('freva-gpt-panel');
+    this.title.icon = frevaIcon;
+    this.title.caption = this.trans.__('FrevaGPT');
+
+    const toolbar = InputToolbarRegistry.defaultToolbarRegistry();
+    // Messages carry no attachments here.
+    toolbar.hide('attach');
+    toolbar.addItem('freva-status', { element: StatusItem, position: 1 });
+    toolbar.addItem('freva-stop', { element: StopItem, position: 90 });
+    this._toolbar = toolbar;
+
+    const footers: IMessageFooterRegistry = new MessageFooterRegistry();
+    footers.addSection({ component: FeedbackFooter, position: 'right' });
+
+    this._header = ReactWidget.create(<Header panel={this} />);
+    this._header.addClass('freva-gpt-header-widget');
+    this._threads = ReactWidget.create(<ThreadsView panel={this} />);
+    this._threads.addClass('freva-gpt-threads-widget');
+    this._threads.hide();
+    this._chat = new ChatWidget({
+      model: this.model,
+      rmRegistry: options.rendermime,
+      themeManager: options.themeManager,
+      inputToolbarRegistry: toolbar,
+      messageFooterRegistry: footers,
+      area: 'sidebar',
+      // Ends with a newline: a one-line welcome message would render as a heading.
+      welcomeMessage:
+        this.trans.__(
+          '**FrevaGPT** answers questions about climate data and writes and runs Python for you: ask for a plot, a statistic, or how to use freva.'
+        ) + '\n'
+    });
+    this._chat.addClass('freva-gpt-chat');
+    this.addWidget(this._header);
+    this.addWidget(this._threads);
+    this.addWidget(this._chat);
+
+    this._follower = new StreamFollower(this._chat.node, following => {
+      // For people and tests: whether the list follows the stream.
+      this.node.dataset.follows = String(following);
+    });
+    this.model.stateChanged.connect(this._onStateChanged, this);
+    this.model.flushed.connect(this._onFlushed, this);
+  }
+
+  readonly model: FrevaChatModel;
+  readonly trans: TranslationBundle;
+
+  get viewChanged(): ISignal<this, void> {
+    return this._viewChanged;
+  }
+
+  get showingThreads(): boolean {
+    return !this._threads.isHidden;
+  }
+
+  showThreads(show: boolean): void {
+    if (show === !this._threads.isHidden) {
+      return;
+    }
+    if (show) {
+      this._chat.hide();
+      this._threads.show();
+    } else {
+      this._threads.hide();
+      this._chat.show();
+    }
+    this._viewChanged.emit();
+  }
+
+  newChat(): void {
+    this.model.newChat();
+    this.showThreads(false);
+    this._follower.following = true;
+    this.model.input.focus();
+  }
+
+  async openThread(threadId: string): Promise<void> {
+    if (await this.model.openThread(threadId)) {
+      this.showThreads(false);
+      this._follower.follow();
+    }
+  }
+
+  protected onAfterShow(): void {
+    // The chat renders once the panel shows for the first time.
+    requestAnimationFrame(() => {
+      this._onFlushed();
+      if (this._follower.following) {
+        this._follower.toEnd();
+      }
+    });
+  }
+
+  dispose(): void {
+    if (this.isDisposed) {
+      return;
+    }
+    this._follower.dispose();
+    Signal.clearData(this);
+    super.dispose();
+  }
+
+  private _onStateChanged(): void {
+    // For people and tests: which thread the panel shows, and whether it streams.
+    this.node.dataset.threadId = this.model.threadId ?? '';
+    this.node.dataset.streaming = String(this.model.streaming);
+    const streaming = this.model.streaming;
+    if (streaming !== this._wasStreaming) {
+      this._wasStreaming = streaming;
+      // While an answer streams the stop button takes the send button's place.
+      if (streaming) {
+        this._toolbar.hide('send');
+        this._follower.follow();
+      } else {
+        this._toolbar.show('send');
+      }
+    }
+  }
+
+  /** The input says what it is for (the library's placeholder talks about mentions). */
+  private _refreshInput(): void {
+    const textarea = this._chat.node.querySelector<HTMLTextAreaElement>('.jp-chat-input-container textarea');
+    const placeholder = this.trans.__('Ask FrevaGPT (Enter sends, Shift+Enter for a new line)');
+    if (textarea && textarea.placeholder !== placeholder) {
+      textarea.placeholder = placeholder;
+    }
+  }
+
+  /** After a change of the messages: find the (maybe re-rendered) list and input again. */
+  private _onFlushed(): void {
+    this._follower.refresh();
+    this._refreshInput();
+  }
+
+  private _header: ReactWidget;
+  private _threads: ReactWidget;
+  private _chat: ChatWidget;
+  private _toolbar: InputToolbarRegistry;
+  private _follower: StreamFollower;
+  private _wasStreaming = false;
+  private _viewChanged = new Signal<this, void>(this);
+}
