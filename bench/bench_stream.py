@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,43 @@ def long_turns(
     return out
 
 
+@contextlib.contextmanager
+def running(tmp: Path, extra: Sequence[str] = ()) -> Iterator[tuple[httpx.Client, str, str, Proc, Proc]]:
+    """The fake LLM and a Jupyter server with the extension (its data in `tmp`), both answering:
+    (client with the token, api URL, LLM URL, server process, fake process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FREVAGPT_", "JUPYTERHUB_", "LITELLM"))}
+    env.update({f"JUPYTER_{d}_DIR": str(tmp / d.lower()) for d in ("CONFIG", "DATA", "RUNTIME")})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    llm_port, port = free_port(), free_port()
+    llm = f"http://127.0.0.1:{llm_port}/v1"
+    (tmp / "models.yaml").write_text(catalogue_yaml(llm))
+    server_cmd = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--allow-root",
+        "--no-browser",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={TOKEN}",
+        f"--ServerApp.root_dir={tmp}",
+        "--ServerApp.jpserver_extensions=freva_gpt_ext=True",
+        f"--FrevaGPT.litellm_config={tmp / 'models.yaml'}",
+        f"--FrevaGPT.data_dir={tmp / 'data'}",
+        *extra,
+    ]
+    fake_cmd = [sys.executable, "-m", "tests.fake_llm", "--port", str(llm_port)]
+    api = f"http://127.0.0.1:{port}/api/chatbot"
+    with (
+        spawn(fake_cmd, env, tmp / "fake.log") as fake,
+        spawn(server_cmd, env, tmp / "server.log") as server,
+        httpx.Client(headers={"Authorization": f"token {TOKEN}"}, timeout=60, trust_env=False) as client,
+    ):
+        wait_ready(client, f"{llm}/models", fake, tmp / "fake.log")
+        wait_ready(client, f"{api}/ping", server, tmp / "server.log")
+        yield client, api, llm, server, fake
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2000, help="tokens of each long answer (default 2000)")
@@ -214,37 +251,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp_name:
         tmp = Path(tmp_name)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FREVAGPT_", "JUPYTERHUB_", "LITELLM"))}
-        env.update({f"JUPYTER_{d}_DIR": str(tmp / d.lower()) for d in ("CONFIG", "DATA", "RUNTIME")})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        llm_port, port = free_port(), free_port()
-        llm = f"http://127.0.0.1:{llm_port}/v1"
-        (tmp / "models.yaml").write_text(catalogue_yaml(llm))
-        server_cmd = [
-            sys.executable,
-            "-m",
-            "jupyter_server",
-            "--allow-root",
-            "--no-browser",
-            f"--port={port}",
-            "--ServerApp.port_retries=0",
-            f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.root_dir={tmp}",
-            "--ServerApp.jpserver_extensions=freva_gpt_ext=True",
-            f"--FrevaGPT.litellm_config={tmp / 'models.yaml'}",
-            f"--FrevaGPT.data_dir={tmp / 'data'}",
-        ]
-        fake_cmd = [sys.executable, "-m", "tests.fake_llm", "--port", str(llm_port)]
-        headers = {"Authorization": f"token {TOKEN}"}
-        api = f"http://127.0.0.1:{port}/api/chatbot"
-        with (
-            spawn(fake_cmd, env, tmp / "fake.log") as fake,
-            spawn(server_cmd, env, tmp / "server.log") as server,
-            httpx.Client(headers=headers, timeout=60, trust_env=False) as client,
-        ):
-            t_start = time.perf_counter()
-            wait_ready(client, f"{llm}/models", fake, tmp / "fake.log")
-            wait_ready(client, f"{api}/ping", server, tmp / "server.log")
+        t_start = time.perf_counter()
+        with running(tmp) as (client, api, llm, server, _fake):
             startup = time.perf_counter() - t_start
             clock = cpu_clock(server.pid)
             idle = settle(clock)

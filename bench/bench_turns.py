@@ -36,11 +36,10 @@ from typing import Any
 
 import httpx
 import psutil
-from bench_stream import ROOT, TOKEN, Proc, cpu_clock, free_port, pct, settle, spawn, wait_ready
+from bench_stream import Proc, cpu_clock, pct, running, settle
 
 from freva_gpt_ext.storage import SQLiteThreadStore
 from freva_gpt_ext.variants import ASSISTANT, CODE, CODE_OUTPUT, USER, Variant
-from tests.fake_llm import catalogue_yaml
 
 OWNER = "bench"
 STOPPED = "Stream is stopped by user."
@@ -68,42 +67,16 @@ class Target:
 @contextlib.contextmanager
 def servers(tmp: Path, extra: list[str] | None = None) -> Iterator[tuple[Target, Proc, Proc]]:
     """The fake LLM and the Jupyter server (data in `tmp`/data), both answering."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FREVAGPT_", "JUPYTERHUB_", "LITELLM"))}
-    env.update({f"JUPYTER_{d}_DIR": str(tmp / d.lower()) for d in ("CONFIG", "DATA", "RUNTIME")})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    llm_port, port = free_port(), free_port()
-    llm = f"http://127.0.0.1:{llm_port}/v1"
-    (tmp / "models.yaml").write_text(catalogue_yaml(llm))
-    server_cmd = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--allow-root",
-        "--no-browser",
-        f"--port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={TOKEN}",
-        f"--ServerApp.root_dir={tmp}",
-        "--ServerApp.jpserver_extensions=freva_gpt_ext=True",
-        f"--FrevaGPT.litellm_config={tmp / 'models.yaml'}",
-        f"--FrevaGPT.data_dir={tmp / 'data'}",
+    options = [
         f"--FrevaGPT.owner={OWNER}",
         "--FrevaGPT.topic_model=fake-error",
         "--FrevaGPT.tools=tests.tools:SleepTool",  # one list item (a JSON list would be read as one name)
         *(extra or []),
     ]
-    fake_cmd = [sys.executable, "-m", "tests.fake_llm", "--port", str(llm_port)]
-    headers = {"Authorization": f"token {TOKEN}"}
-    api = f"http://127.0.0.1:{port}/api/chatbot"
-    with (
-        spawn(fake_cmd, env, tmp / "fake.log") as fake,
-        spawn(server_cmd, env, tmp / "server.log") as server,
-        httpx.Client(headers=headers, timeout=60, trust_env=False) as client,
-    ):
-        wait_ready(client, f"{llm}/models", fake, tmp / "fake.log")
-        wait_ready(client, f"{api}/ping", server, tmp / "server.log")
+    with running(tmp, options) as (client, api, llm, server, fake):
+        port, llm_port = httpx.URL(api).port, httpx.URL(llm).port
         clocks = {"server": cpu_clock(server.pid), "fake LLM": cpu_clock(fake.pid), "client": time.process_time}
-        yield Target(api, llm, headers, server.pid, port, llm_port, clocks), server, fake
+        yield Target(api, llm, dict(client.headers), server.pid, port, llm_port, clocks), server, fake
 
 
 # -- seeding the store before the server starts --------------------------------------------------------------
