@@ -287,7 +287,7 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
   });
 
   it('rates an answer', async () => {
-    const up = page.locator(`${MESSAGES} .freva-gpt-feedback [data-feedback="up"]`).first();
+    const up = page.locator(`${MESSAGES} .freva-gpt-feedback [data-feedback="up"]`).last();
     await up.click();
     await page.waitForFunction(() =>
       document.querySelector('#freva-gpt-panel .freva-gpt-feedback [data-feedback="up"][aria-pressed="true"]')

@@ -515,6 +515,7 @@ export class FrevaPanel extends Panel {
     });
     this.model.stateChanged.connect(this._onStateChanged, this);
     this.model.flushed.connect(this._onFlushed, this);
+    this._onStateChanged();
   }
 
   readonly model: FrevaChatModel;
@@ -579,6 +580,7 @@ export class FrevaPanel extends Panel {
     // For people and tests: which thread the panel shows, and whether it streams.
     this.node.dataset.threadId = this.model.threadId ?? '';
     this.node.dataset.streaming = String(this.model.streaming);
+    this._refreshInput();
     const streaming = this.model.streaming;
     if (streaming !== this._wasStreaming) {
       this._wasStreaming = streaming;
