@@ -25,23 +25,6 @@ OPENAI_ERROR = "OpenAIError"
 STREAM_END = "StreamEnd"
 PROMPT = "Prompt"
 
-KNOWN_VARIANTS = frozenset(
-    {
-        USER,
-        ASSISTANT,
-        CODE,
-        CODE_OUTPUT,
-        IMAGE,
-        TOOL_CALL,
-        TOOL_OUTPUT,
-        SERVER_HINT,
-        SERVER_ERROR,
-        CODE_ERROR,
-        OPENAI_ERROR,
-        STREAM_END,
-        PROMPT,
-    }
-)
 # Fragments of these variants that follow each other (same id) form one message, on the wire and in the store.
 RUN_VARIANTS = frozenset({ASSISTANT, CODE})
 # Never stored: control lines.
