@@ -9,16 +9,21 @@ import pytest
 
 from tests.fake_llm import FakeLLM, catalogue_yaml
 from tests.frontend import as_stored, read_stream, stored_tail
+from tests.local_server import LocalServer
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 
+def serving(loop: Any, server: LocalServer) -> Iterator[Any]:
+    """Run a fake upstream server on the test's event loop for the life of a fixture."""
+    loop.run_until_complete(server.start())
+    yield server
+    loop.run_until_complete(server.stop())
+
+
 @pytest.fixture
 def fake_llm(jp_asyncio_loop) -> Iterator[FakeLLM]:
-    server = FakeLLM()
-    jp_asyncio_loop.run_until_complete(server.start())
-    yield server
-    jp_asyncio_loop.run_until_complete(server.stop())
+    yield from serving(jp_asyncio_loop, FakeLLM())
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from collections import Counter
 from typing import Any
 
 import tornado.web
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
+
+from tests.local_server import LocalServer
 
 SYSTEMUSER_PATH = "/api/freva-nextgen/auth/v2/systemuser"
 
@@ -43,29 +43,17 @@ class _SystemUser(tornado.web.RequestHandler):
         self.finish(body)
 
 
-class FakeAuth:
+class FakeAuth(LocalServer):
     """The fake auth server; start it inside a running event loop."""
 
     def __init__(self, answers: dict[str, tuple[int, dict[str, Any]]] | None = None) -> None:
+        super().__init__()
         self.answers = dict(DEFAULT_ANSWERS if answers is None else answers)
         self.counts: Counter[str] = Counter()
-        self.port = 0
-        self._server: HTTPServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> FakeAuth:
-        app = tornado.web.Application([(SYSTEMUSER_PATH, _SystemUser, {"fake": self})])
-        sockets = bind_sockets(0, "127.0.0.1")
-        self.port = sockets[0].getsockname()[1]
-        self._server = HTTPServer(app)
-        self._server.add_sockets(sockets)
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            await self._server.close_all_connections()
-            self._server = None
+    def routes(self) -> list[tuple[Any, ...]]:
+        return [(SYSTEMUSER_PATH, _SystemUser, {"fake": self})]

@@ -32,9 +32,9 @@ from typing import Any
 
 import tornado.web
 import yaml
-from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
-from tornado.netutil import bind_sockets
+
+from tests.local_server import LocalServer
 
 TOOL_BEHAVIOURS = ("fake-code", "fake-tool", "fake-two-tools", "fake-repeat-ids")
 BEHAVIOURS = ("fake-text", "fake-slow", "fake-stall", "fake-error", "fake-429", "fake-reset", "fake-malformed")
@@ -294,13 +294,12 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class FakeLLM:
+class FakeLLM(LocalServer):
     """The fake server; start it inside a running event loop."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host, self.port = host, port
+        super().__init__(host, port)
         self.requests: list[Recorded] = []
-        self._server: HTTPServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -313,27 +312,9 @@ class FakeLLM:
     def clear(self) -> None:
         self.requests.clear()
 
-    async def start(self) -> FakeLLM:
+    def routes(self) -> list[tuple[Any, ...]]:
         kw = {"fake": self}
-        routes = [(r"(?:/v1)?/chat/completions", _Handler, kw), (r"(?:/v1)?/models", _Handler, kw)]
-        app = tornado.web.Application([*routes, (r"(?:/v1)?/embeddings", _Handler, kw)])
-        sockets = bind_sockets(self.port, self.host)
-        self.port = sockets[0].getsockname()[1]
-        self._server = HTTPServer(app)
-        self._server.add_sockets(sockets)
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            await self._server.close_all_connections()
-            self._server = None
-
-    async def __aenter__(self) -> FakeLLM:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        return [(rf"(?:/v1)?/{path}", _Handler, kw) for path in ("chat/completions", "models", "embeddings")]
 
 
 def catalogue_yaml(base_url: str) -> str:

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import pytest
 from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
 
-from tests.conftest import body_json, parse_lines
+from tests.conftest import body_json, parse_lines, serving
 from tests.fake_auth import FakeAuth
 
 
@@ -188,19 +188,13 @@ class TestJupyterTokenIdentity:
 
 @pytest.fixture
 def fake_auth(jp_asyncio_loop) -> Iterator[FakeAuth]:
-    server = FakeAuth()
-    jp_asyncio_loop.run_until_complete(server.start())
-    yield server
-    jp_asyncio_loop.run_until_complete(server.stop())
+    yield from serving(jp_asyncio_loop, FakeAuth())
 
 
 @pytest.fixture
 def proxy_auth(jp_asyncio_loop) -> Iterator[FakeAuth]:
     """A second auth server, as a client-supplied X-Freva-Rest-URL would name: it knows another user."""
-    server = FakeAuth({"good-token": (200, {"username": "proxyuser"})})
-    jp_asyncio_loop.run_until_complete(server.start())
-    yield server
-    jp_asyncio_loop.run_until_complete(server.stop())
+    yield from serving(jp_asyncio_loop, FakeAuth({"good-token": (200, {"username": "proxyuser"})}))
 
 
 @pytest.fixture
