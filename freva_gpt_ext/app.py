@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,25 +12,42 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Float, Int, List, TraitType, Unicode, default
+from traitlets import Bool, Dict, Float, Int, List, TraitError, TraitType, Unicode, default, validate
 
 from . import __version__
-from .auth import BearerValidator, FrevaRestIdentityProvider
+from .auth import BearerValidator, FrevaRestIdentityProvider, server_owner
+from .authorizer import ChatbotOnlyAuthorizer
+from .core.catalogue import NO_MODEL_HINT
 from .core.conversations import Conversations, TurnSettings
 from .core.llm import CatalogueError, LLMClient, ModelCatalogue
 from .core.orchestrator import Orchestrator
 from .core.prompts import PromptLibrary
+from .core.service import SETTINGS_KEY, ChatService
 from .core.topics import summarise
 from .handlers import handlers
+from .hardening import make_undumpable
 from .paths import data_folder
 from .storage import MemoryThreadStore, SQLiteThreadStore, ThreadStore
-from .tools.base import Tool
+from .tools.base import Tool, ToolContext
 from .tools.kernel import KernelTool
+from .tools.kernel_probe import KernelProbes
 from .tools.registry import load_tools
 
 ENV_PREFIX = "FREVAGPT_"
 # Names deployments used before this extension existed.
 ENV_ALIASES = {"litellm_config": ("LITELLM_CONFIG",)}
+# Settings in seconds: those that must be above 0 (a 0 would make a tight loop or fail everything) and those
+# for which 0 means never or off.
+_POSITIVE = (
+    "llm_connect_timeout",
+    "llm_read_timeout",
+    "execution_timeout",
+    "heartbeat_interval",
+    "lease_ttl",
+    "stop_poll_interval",
+    "store_busy_timeout",
+)
+_NON_NEGATIVE = ("kernel_idle_timeout", "tool_stop_grace", "token_cache_ttl", "token_negative_cache_ttl")
 
 
 class FrevaGPT(ExtensionApp):
@@ -43,6 +61,8 @@ class FrevaGPT(ExtensionApp):
     extension_url = "/lab"
     load_other_extensions = True
     description = __doc__
+    version = __version__  # `jupyter freva-gpt --version`
+    _wired = False  # initialize_settings ran to its end
 
     # -- models -------------------------------------------------------------------------------------------
     litellm_config = Unicode(
@@ -62,7 +82,9 @@ class FrevaGPT(ExtensionApp):
     llm_read_timeout = Float(
         120.0, help="Seconds an LLM may stay silent within a stream before the turn fails with an error."
     ).tag(config=True)
-    max_tool_rounds = Int(12, help="Most tool rounds (LLM calls that ask for tools) in one turn.").tag(config=True)
+    max_tool_rounds = Int(12, min=0, help="Most tool rounds (LLM calls that ask for tools) in one turn.").tag(
+        config=True
+    )
     tools = List(
         Unicode(),
         default_value=[],
@@ -70,7 +92,7 @@ class FrevaGPT(ExtensionApp):
         "function returning a Tool, called without arguments (FREVAGPT_TOOLS: a JSON list).",
     ).tag(config=True)
     tool_result_chars = Int(
-        20000, help="Most characters of one tool result that are sent back to the LLM (the rest is cut)."
+        20000, min=1000, help="Most characters of one tool result that are sent back to the LLM (the rest is cut)."
     ).tag(config=True)
 
     # -- code interpreter ---------------------------------------------------------------------------------
@@ -102,6 +124,21 @@ class FrevaGPT(ExtensionApp):
         help="Freva configuration file given to per-thread kernels as $EVALUATION_SYSTEM_CONFIG_FILE; a "
         "`freva-config` or `X-Freva-Config-Path` header wins when `trust_proxy_headers` is on.",
     ).tag(config=True)
+    kernel_env = List(
+        Unicode(),
+        default_value=[],
+        help="Names of the server's environment variables that per-thread kernels get besides the built-in "
+        "allow-list (PATH, HOME, locale, PYTHON*, CONDA_*, PROJ_*, ...); `NAME*` matches a prefix. Never passed, "
+        "even when listed: FREVAGPT_*, JPY_*, names containing TOKEN, SECRET, KEY or PASSWORD, and the "
+        "variables the model catalogue reads through `os.environ/...` (FREVAGPT_KERNEL_ENV: a JSON list).",
+    ).tag(config=True)
+    kernel_probe = Bool(
+        True,
+        help="Find out which optional packages (numpy, xarray, matplotlib, cartopy, freva_client, ...) the kernels "
+        "have, once per kernel spec in a short-lived kernel of its own, in the background from the server's start "
+        "(a notebook kernel's spec on its first use); the system prompt names only those, and none until the "
+        "probe has answered. Off: the prompt never names them.",
+    ).tag(config=True)
 
     # -- prompts ------------------------------------------------------------------------------------------
     prompt_library = Unicode(
@@ -122,7 +159,18 @@ class FrevaGPT(ExtensionApp):
         "", help="Folder of the per-thread kernel working folders; empty: <Jupyter root dir>/freva-gpt."
     ).tag(config=True)
     memory_threads = Int(
-        1000, help="Most threads kept in memory for `store_thread=false` (least recently used are dropped)."
+        1000, min=1, help="Most threads kept in memory for `store_thread=false` (least recently used are dropped)."
+    ).tag(config=True)
+    memory_bytes = Int(
+        256 * 1024 * 1024,
+        min=1024 * 1024,
+        help="Most bytes of content (text, plots) kept in memory for `store_thread=false`; least recently used "
+        "threads are dropped beyond it, and a write that would make a single thread larger fails its turn.",
+    ).tag(config=True)
+    store_busy_timeout = Float(
+        30.0,
+        help="Seconds a write to the thread database waits for a lock held by another process (another server "
+        "or a backup) before it fails; a turn that cannot store its answer then ends with an error.",
     ).tag(config=True)
 
     # -- threads and turns --------------------------------------------------------------------------------
@@ -131,7 +179,9 @@ class FrevaGPT(ExtensionApp):
         help="Let anyone who knows a thread id read and fork it. Off: another user's thread id is answered "
         "like an unknown one on every route.",
     ).tag(config=True)
-    max_input_chars = Int(100_000, help="Longest accepted user input, in characters (413 beyond).").tag(config=True)
+    max_input_chars = Int(100_000, min=1, help="Longest accepted user input, in characters (413 beyond).").tag(
+        config=True
+    )
     heartbeat_interval = Float(
         5.0, help="Longest silence on a stream, in seconds, before a keep-alive line is sent."
     ).tag(config=True)
@@ -142,6 +192,11 @@ class FrevaGPT(ExtensionApp):
     ).tag(config=True)
     stop_poll_interval = Float(
         0.25, help="Seconds between checks of a running turn for a stop requested by another server process."
+    ).tag(config=True)
+    tool_stop_grace = Float(
+        10.0,
+        help="Seconds a tool may take to end after a stop (or a failure) before the turn reports it and ends "
+        "without it.",
     ).tag(config=True)
 
     # -- identity -----------------------------------------------------------------------------------------
@@ -159,10 +214,45 @@ class FrevaGPT(ExtensionApp):
         "Never enable this when clients reach the server directly.",
     ).tag(config=True)
     token_cache_ttl = Float(300.0, help="Seconds a validated bearer token is remembered.").tag(config=True)
+    token_negative_cache_ttl = Float(
+        30.0, help="Seconds a token refused by freva-rest (401) is remembered as invalid; 0: never."
+    ).tag(config=True)
     dev = Bool(
         False, help="Standalone development mode: requests without a token act as `dev_user`. Never in production."
     ).tag(config=True)
     dev_user = Unicode("dev", help="User name of the development identity.").tag(config=True)
+
+    # -- bounds -------------------------------------------------------------------------------------------
+    @validate(*_POSITIVE, *_NON_NEGATIVE)
+    def _bounded_seconds(self, proposal: Any) -> float:
+        name, value = proposal.trait.name, proposal.value
+        if not math.isfinite(value) or value < 0 or (value == 0 and name in _POSITIVE):
+            bound = "greater than 0" if name in _POSITIVE else "0 or more"
+            raise TraitError(f"FrevaGPT.{name} must be {bound} (a finite number of seconds), not {value!r}.")
+        return value
+
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        # Config files and the command line are applied here: jupyter_server would log a bad value and run on
+        # with the default.
+        try:
+            super()._link_jupyter_server_extension(serverapp)
+        except TraitError as err:
+            self._configuration_error(err)
+
+    def _configuration_error(self, err: Exception) -> None:
+        """A setting out of its bounds stops the server with that message: running with another value than
+        the one configured would hide the mistake (jupyter_server only logs failures that are Exceptions)."""
+        self.log.critical("FrevaGPT configuration error: %s", err)
+        raise SystemExit(f"FrevaGPT configuration error: {err}")
+
+    def _check_settings(self) -> None:
+        """Bounds between settings (each alone is checked when set)."""
+        if self.lease_ttl <= 2 * self.stop_poll_interval:
+            # The lease is renewed from the stop poll, a third of its life before it ends.
+            raise TraitError(
+                f"FrevaGPT.lease_ttl ({self.lease_ttl:g} s) must be more than twice stop_poll_interval "
+                f"({self.stop_poll_interval:g} s), or leases expire under running turns."
+            )
 
     # -- defaults from the environment --------------------------------------------------------------------
     @default("data_dir")
@@ -195,20 +285,33 @@ class FrevaGPT(ExtensionApp):
         return set(ExtensionApp.class_traits(config=True))
 
     # -- wiring -------------------------------------------------------------------------------------------
-    def initialize_settings(self) -> None:
-        self._apply_environment()
+    def load_catalogue(self) -> tuple[ModelCatalogue, str | None]:
+        """The configured catalogue, or an empty one and what is wrong with it (the server and the doctor)."""
         try:
-            self.catalogue = ModelCatalogue.load(self.litellm_config or None, self.default_model or None)
+            catalogue = ModelCatalogue.load(self.litellm_config or None, self.default_model or None)
+            if self.topic_model and catalogue.get(self.topic_model) is None:
+                raise CatalogueError(
+                    f"The topic model {self.topic_model!r} (topic_model, FREVAGPT_TOPIC_MODEL) is not a chat model "
+                    f"of the catalogue: set it to one of {', '.join(catalogue.names) or 'its models'}, or unset it."
+                )
         except CatalogueError as err:
-            self.log.error("%s", err)
-            raise
-        if self.topic_model and self.catalogue.get(self.topic_model) is None:
-            raise CatalogueError(f"The topic model {self.topic_model!r} is not a chat model of the catalogue.")
-        if not self.catalogue.names:
-            self.log.warning(
-                "FrevaGPT has no chat model: set FREVAGPT_LITELLM_CONFIG (or c.FrevaGPT.litellm_config) to a "
-                "model catalogue; see examples/litellm_config.yaml in the project README."
-            )
+            return ModelCatalogue([]), str(err)
+        return catalogue, None
+
+    def initialize_settings(self) -> None:
+        # Set first: whatever fails later, start and stop find a catalogue.
+        self.catalogue, self.catalogue_problem = ModelCatalogue([]), None
+        try:
+            self._apply_environment()
+            self._check_settings()
+        except (TraitError, ValueError) as err:
+            self._configuration_error(err)
+        # A broken catalogue leaves the API up without models: ping, availablechatbots and streamresponse say why.
+        self.catalogue, self.catalogue_problem = self.load_catalogue()
+        if self.catalogue_problem:
+            self.log.error("FrevaGPT runs without models: %s", self.catalogue_problem)
+        elif not self.catalogue.names:
+            self.log.warning("%s", NO_MODEL_HINT)
         else:
             self.log.info(
                 "FrevaGPT models: %s (default %s)", ", ".join(self.catalogue.names), self.catalogue.default_name
@@ -218,8 +321,8 @@ class FrevaGPT(ExtensionApp):
         self.prompts = PromptLibrary(libraries, self.prompt_set, dict(self.prompt_sets))
         data = Path(self.data_dir).expanduser()
         data.mkdir(parents=True, exist_ok=True)
-        self.store: ThreadStore = SQLiteThreadStore(data / "threads.sqlite3")
-        self.memory_store = MemoryThreadStore(max_threads=self.memory_threads)
+        self.store: ThreadStore = SQLiteThreadStore(data / "threads.sqlite3", busy_timeout=self.store_busy_timeout)
+        self.memory_store = MemoryThreadStore(max_threads=self.memory_threads, max_bytes=self.memory_bytes)
         self.llm = LLMClient(
             connect_timeout=self.llm_connect_timeout,
             read_timeout=self.llm_read_timeout,
@@ -227,35 +330,93 @@ class FrevaGPT(ExtensionApp):
             log=self.log,
         )
         self.tool_registry = self._build_tools()
+        kernel_tool = self.tool_registry.get(KernelTool.name)
+        self.kernel_probes: KernelProbes | None = None
+        if self.kernel_probe and isinstance(kernel_tool, KernelTool):
+            self.kernel_probes = KernelProbes(self.serverapp.kernel_spec_manager, log=self.log)
         self.orchestrator = Orchestrator(
             self.llm,
             self.prompts,
             self.tool_registry,
             max_tool_rounds=self.max_tool_rounds,
             tool_result_chars=self.tool_result_chars,
+            packages=self._kernel_packages if self.kernel_probes is not None else None,
         )
         self.conversations = Conversations(
             TurnSettings(
                 heartbeat_interval=self.heartbeat_interval,
                 lease_ttl=self.lease_ttl,
                 stop_poll_interval=self.stop_poll_interval,
+                tool_stop_grace=self.tool_stop_grace,
             ),
             self.log,
         )
         self.bearer: BearerValidator | None = None
         provider = getattr(self.serverapp, "identity_provider", None)
         if isinstance(provider, FrevaRestIdentityProvider):
+            if not isinstance(self.serverapp.authorizer, ChatbotOnlyAuthorizer):
+                # Anyone with a Freva account would get the server's files and kernels.
+                raise ValueError(
+                    "The freva-rest bearer identity serves the chatbot API alone: set "
+                    "ServerApp.authorizer_class=freva_gpt_ext.authorizer.ChatbotOnlyAuthorizer (or a subclass of it)."
+                )
+            self._harden()
             self.bearer = BearerValidator(
                 rest_url=self.rest_url,
                 trust_proxy_headers=self.trust_proxy_headers,
                 ttl=self.token_cache_ttl,
+                negative_ttl=self.token_negative_cache_ttl,
                 timeout=self.llm_connect_timeout,
             )
             provider.validator = self.bearer
             provider.dev_user = self.dev_user if self.dev else None
         elif self.dev:
             self.log.warning("FrevaGPT `dev` only applies to the standalone server (`jupyter freva-gpt`).")
+        # The handlers' one way to the server (they never import this module).
+        self.settings[SETTINGS_KEY] = self._service()
         self.log.info("FrevaGPT %s: threads in %s", __version__, data)
+        self._wired = True
+
+    def _service(self) -> ChatService:
+        kernel_tool = self.tool_registry.get(KernelTool.name)
+        return ChatService(
+            catalogue=self.catalogue,
+            catalogue_problem=self.catalogue_problem,
+            store=self.store,
+            memory_store=self.memory_store,
+            orchestrator=self.orchestrator,
+            conversations=self.conversations,
+            tools=self.tool_registry,
+            kernel_manager=self.serverapp.kernel_manager,
+            session_manager=self.serverapp.session_manager,
+            kernels=kernel_tool if isinstance(kernel_tool, KernelTool) else None,
+            owner=self.owner,
+            server_owner=server_owner(self.owner),
+            standalone=self.standalone,
+            thread_sharing=self.thread_sharing,
+            max_input_chars=self.max_input_chars,
+            trust_proxy_headers=self.trust_proxy_headers,
+            name_thread=self.name_thread,
+        )
+
+    @property
+    def standalone(self) -> bool:
+        """Serving the chatbot API alone to freva-rest bearer users (`jupyter freva-gpt`)."""
+        return isinstance(getattr(self.serverapp, "identity_provider", None), FrevaRestIdentityProvider)
+
+    def _harden(self) -> None:
+        """Standalone, every user's code runs under the server's account: keep it out of the server itself."""
+        problem = make_undumpable()
+        if problem:
+            self.log.warning("FrevaGPT could not make the server non-dumpable (%s): kernels may read its keys", problem)
+        else:
+            self.log.info("FrevaGPT made the server non-dumpable: its environment is out of the kernels' reach.")
+        self.log.warning(
+            "FrevaGPT standalone: the kernels of all users run under this server's account. The server's "
+            "environment is out of their reach, but code of one user can still read other users' kernel folders "
+            "(kernel_root), the thread database (data_dir) and the kernels' connection files; only a kernel "
+            "gateway that starts kernels per user separates them."
+        )
 
     def _build_tools(self) -> dict[str, Tool]:
         """The kernel tool first (the LLM sees the tools in this order), then the configured ones."""
@@ -272,6 +433,9 @@ class FrevaGPT(ExtensionApp):
                 idle_timeout=self.kernel_idle_timeout,
                 replay=self.replay_code,
                 evaluation_system_config_file=self.evaluation_system_config_file,
+                kernel_env=self.kernel_env,
+                withheld_env=self.catalogue.env_references(),
+                folder_per_user=self.standalone,
                 # Cut in the middle to fit what the LLM receives, with room for the call's error line.
                 max_output_chars=max(1000, self.tool_result_chars - 1000),
                 log=self.log,
@@ -281,7 +445,18 @@ class FrevaGPT(ExtensionApp):
         registry.update(configured)
         return registry
 
+    async def _kernel_packages(self, ctx: ToolContext) -> dict[str, str] | None:
+        """What the kernel of a turn has, once its spec is probed (the probe starts on the first ask)."""
+        kernel_tool = self.tool_registry[KernelTool.name]
+        spec = await kernel_tool.kernel_spec_of(ctx)
+        return self.kernel_probes.packages(spec) if spec and self.kernel_probes is not None else None
+
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        if not self._wired:
+            return  # start-up failed (jupyter_server logged why); nothing to start
+        kernel_tool = self.tool_registry.get(KernelTool.name)
+        if self.kernel_probes is not None and isinstance(kernel_tool, KernelTool) and kernel_tool.kernel_name:
+            self.kernel_probes.packages(kernel_tool.kernel_name)
         # Import litellm now, while nobody streams, if a model needs it: its import holds the interpreter for
         # seconds and would stall live streams if it happened during the first such turn.
         if any(not model.streams_lean for model in self.catalogue.chat):
@@ -306,24 +481,25 @@ class FrevaGPT(ExtensionApp):
             return ""
         return await summarise(self.llm, model, text)
 
-    def store_for(self, request: Any) -> ThreadStore:
-        """The thread store serving a request (one store today; per-vault stores come with MongoDB)."""
-        return self.store
-
-    async def close_thread(self, thread_id: str) -> None:
-        """Release what tools hold for a deleted thread."""
-        for tool in self.tool_registry.values():
-            await tool.close_thread(thread_id)
-
     async def stop_extension(self) -> None:
-        await self.conversations.aclose()
-        for tool in self.tool_registry.values():
-            await tool.aclose()
-        await self.llm.aclose()
-        if self.bearer is not None:
-            await self.bearer.aclose()
-        await self.memory_store.aclose()
-        await self.store.aclose()
+        # After a failed start-up only part of this exists; and if this raised, jupyter_server would never stop
+        # its event loop (the server would hang on SIGTERM and Ctrl-C).
+        parts = [
+            getattr(self, "conversations", None),
+            *getattr(self, "tool_registry", {}).values(),
+            getattr(self, "kernel_probes", None),
+            getattr(self, "llm", None),
+            getattr(self, "bearer", None),
+            getattr(self, "memory_store", None),
+            getattr(self, "store", None),
+        ]
+        for part in parts:
+            if part is None:
+                continue
+            try:
+                await part.aclose()
+            except Exception:
+                self.log.exception("FrevaGPT: closing %s failed", type(part).__name__)
 
 
 def _from_env(trait: TraitType, raw: str) -> Any:
@@ -339,6 +515,8 @@ def _from_env(trait: TraitType, raw: str) -> Any:
 # frontend and climateclaw-client expect it behind the Freva nginx.
 STANDALONE_ARGS = (
     "--ServerApp.identity_provider_class=freva_gpt_ext.auth.FrevaRestIdentityProvider",
+    # Bearer users are Freva users, not the server's owner: the chatbot API and nothing else.
+    "--ServerApp.authorizer_class=freva_gpt_ext.authorizer.ChatbotOnlyAuthorizer",
     "--ServerApp.open_browser=False",
     # The extension's own default URL wins over the server's; there is no JupyterLab here.
     "--FrevaGPT.default_url=/api/chatbot/docs",
@@ -347,6 +525,10 @@ STANDALONE_ARGS = (
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["doctor"]:
+        from .doctor import main as doctor  # it imports this module
+
+        sys.exit(doctor(args[1:]))
     given = {arg.split("=", 1)[0] for arg in args}
     # traitlets refuses an option given twice: the user's choice replaces the preset.
     presets = [arg for arg in STANDALONE_ARGS if arg.split("=", 1)[0] not in given]

@@ -19,18 +19,22 @@ from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvi
 from tornado import web
 
 SYSTEMUSER_PATH = "/api/freva-nextgen/auth/v2/systemuser"
+INVALID_TOKEN = "The token is invalid or expired."
 # Providers that make up a new user for each token-authenticated request.
 _ANONYMOUS_PROVIDERS = (IdentityProvider, PasswordIdentityProvider)
 
 
+def server_owner(owner_override: str) -> str:
+    """Whose Jupyter server this is: its notebook kernels are theirs."""
+    # On a hub the user may edit their own config, so the override must not let them pose as another.
+    return os.environ.get("JUPYTERHUB_USER") or owner_override or getpass.getuser()
+
+
 def owner_for(handler: Any, owner_override: str) -> str:
     """The owner name of a request's threads (API.md, Identity)."""
-    user = handler.current_user
     if type(handler.identity_provider) in _ANONYMOUS_PROVIDERS:
-        hub_user = os.environ.get("JUPYTERHUB_USER")
-        # On a hub the user may edit their own config, so the override must not let them pose as another.
-        return hub_user or owner_override or getpass.getuser()
-    return str(user.username)
+        return server_owner(owner_override)
+    return str(handler.current_user.username)
 
 
 class AuthError(web.HTTPError):
@@ -41,13 +45,18 @@ class AuthError(web.HTTPError):
 
 
 class BearerValidator:
-    """Checks freva-rest bearer tokens, remembering valid ones for a while (bounded, expiring)."""
+    """Checks freva-rest bearer tokens, remembering valid ones for `ttl` and refused ones (401) for
+    `negative_ttl` (bounded, expiring), so that neither costs a round trip each time."""
 
-    def __init__(self, *, rest_url: str, trust_proxy_headers: bool, ttl: float, timeout: float) -> None:
+    def __init__(
+        self, *, rest_url: str, trust_proxy_headers: bool, ttl: float, negative_ttl: float, timeout: float
+    ) -> None:
         self.rest_url = rest_url.rstrip("/")
         self.trust_proxy_headers = trust_proxy_headers
         self.ttl = ttl
-        self._cache: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self.negative_ttl = negative_ttl
+        # The user name, or None for a refused token, and until when that holds.
+        self._cache: OrderedDict[tuple[str, str], tuple[str | None, float]] = OrderedDict()
         self._max = 4096
         self._http = httpx.AsyncClient(timeout=timeout, trust_env=False)
 
@@ -82,13 +91,17 @@ class BearerValidator:
         now = time.monotonic()
         if cached and cached[1] > now:
             self._cache.move_to_end(key)
+            if cached[0] is None:
+                raise AuthError(401, INVALID_TOKEN)
             return cached[0]
         try:
             answer = await self._http.get(rest + SYSTEMUSER_PATH, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as err:
             raise AuthError(503, f"The authentication server is unreachable ({type(err).__name__}).") from err
         if answer.status_code in (401, 422):
-            raise AuthError(401, "The token is invalid or expired.")
+            # Only a refusal is remembered: an outage of the auth server (5xx) says nothing about the token.
+            self._remember(key, None, now + self.negative_ttl)
+            raise AuthError(401, INVALID_TOKEN)
         if answer.status_code == 403:
             raise AuthError(403, "Guest users may not use the chatbot.")
         if answer.status_code >= 400:
@@ -100,10 +113,14 @@ class BearerValidator:
         name = (data.get("username") or data.get("pw_name")) if isinstance(data, dict) else None
         if not name:
             raise AuthError(502, "The authentication server named no user.")
-        self._cache[key] = (str(name), now + self.ttl)
+        self._remember(key, str(name), now + self.ttl)
+        return str(name)
+
+    def _remember(self, key: tuple[str, str], name: str | None, until: float) -> None:
+        self._cache[key] = (name, until)
+        self._cache.move_to_end(key)
         if len(self._cache) > self._max:
             self._cache.popitem(last=False)
-        return str(name)
 
 
 class FrevaRestIdentityProvider(IdentityProvider):

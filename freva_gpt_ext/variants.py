@@ -37,7 +37,7 @@ STOPPED_BY_USER = "Stream is stopped by user."
 IMAGE_LINE_CHARS = 16384
 CODE_TOOL_NAME = "code_interpreter"
 
-THREAD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+THREAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # use with fullmatch
 
 
 @dataclass(slots=True)

@@ -31,3 +31,9 @@ fi
 # An editable install copies the built panel into .venv; link it to the checkout instead, so that a
 # `jlpm build` in labextension/ shows after a browser reload.
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/jupyter-builder develop --overwrite . >/dev/null
+# The JupyterHub tests' proxy (tests/hub.py): configurable-http-proxy from npm, kept in .cache/chp.
+chp_version=5.3.0
+if [[ ",$extras," == *",test,"* ]] &&
+  ! grep -q "\"version\": \"$chp_version\"" .cache/chp/node_modules/configurable-http-proxy/package.json 2>/dev/null; then
+  npm install --prefix .cache/chp --no-audit --no-fund --loglevel=error "configurable-http-proxy@$chp_version"
+fi

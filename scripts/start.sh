@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Sets up the extension (building the JupyterLab panel) and starts JupyterLab with it, on the embedded defaults
 # (threads in a SQLite file under the Jupyter data dir). The FrevaGPT panel is in the right side bar.
-# Extra arguments go to `jupyter lab`.
+# The kernels get the scientific stack (the `science` extra: xarray, matplotlib, cartopy with offline map data,
+# freva-client, ...). Extra arguments go to `jupyter lab`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh science
+scripts/kernel_spec.sh
 if [ -z "${FREVAGPT_LITELLM_CONFIG:-${LITELLM_CONFIG:-}}" ]; then
   cat <<'MSG'
 FrevaGPT has no model configured yet. Point it at a model catalogue, for example:

@@ -11,7 +11,8 @@ from tests.fake_llm import FakeLLM, catalogue_yaml
 from tests.frontend import as_stored, read_stream, stored_tail
 from tests.local_server import LocalServer
 
-pytest_plugins = ("pytest_jupyter.jupyter_server",)
+# tests.hub: the session fixture `hub`, a real JupyterHub.
+pytest_plugins = ("pytest_jupyter.jupyter_server", "tests.hub")
 
 
 def serving(loop: Any, server: LocalServer) -> Iterator[Any]:
@@ -54,6 +55,10 @@ def jp_server_config(tmp_path: Path, catalogue: Path, freva_config: dict[str, An
             "stop_poll_interval": 0.05,
             "lease_ttl": 5.0,
             "llm_read_timeout": 10.0,
+            # No probe kernel beside each test's server; the tests of the probe turn it on.
+            "kernel_probe": False,
+            # The server's owner: the notebook kernels (started through api/kernels) are alice's, not bob's.
+            "owner": "alice",
             **freva_config,
         },
     }

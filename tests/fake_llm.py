@@ -11,7 +11,8 @@ As a command: ``python -m tests.fake_llm --port 0`` prints ``fake-llm listening 
 
 The behaviour comes from the request's model name (provider prefix stripped, unknown names behave as
 ``fake-text``) or from a directive in the last user message, e.g.
-``[[fake:code code="print(1)" rounds=2]]``, ``[[fake:text tokens=100 delay=0.01]]`` or ``[[fake: chunk=3]]``.
+``[[fake:code code="print(1)" rounds=2]]``, ``[[fake:text tokens=100 delay=0.01]]`` or ``[[fake: chunk=3]]``
+(``surrogate=1`` puts a lone surrogate in the middle of the answer).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def plan(body: dict[str, Any]) -> Reply:
     text = p.get("text", f"Hello from the fake LLM. You said: {user}")
     if "tokens" in p:
         text = " ".join(f"tok{i}" for i in range(int(p["tokens"])))
+    if "surrogate" in p:  # a lone surrogate mid-answer: valid JSON ("\ud800"), no UTF-8 form
+        text = text[: len(text) // 2] + "\ud800" + text[len(text) // 2 :]
     reply = Reply(text=text, chunk=int(num("chunk", 0)), delay=num("delay", 0.05 if behaviour == "fake-slow" else 0))
     if behaviour == "fake-stall":
         reply.text, reply.stall_after, reply.stall = f"Thinking... {text}", 1, num("stall", 60)

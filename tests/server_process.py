@@ -45,6 +45,8 @@ def clean_env(jupyter_dir: Path, **extra: str) -> dict[str, str]:
         path.mkdir(parents=True, exist_ok=True)
         env[f"JUPYTER_{name.upper()}_DIR"] = str(path)
     env["PYTHONUNBUFFERED"] = "1"
+    # No probe kernel beside each test's server (as in tests/conftest.py); `extra` may turn it on.
+    env["FREVAGPT_KERNEL_PROBE"] = "false"
     env.update(extra)
     return env
 
@@ -122,6 +124,7 @@ class ServerProcess:
         base_url: str = "/",
         ready_timeout: float = 90.0,
         stop_timeout: float = 20.0,
+        stdin: Any = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,7 @@ class ServerProcess:
         self.base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
+        self.stdin = stdin  # e.g. a terminal, for jupyter_server's Ctrl-C handling
         self.token = secrets.token_hex(16)
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -169,7 +173,7 @@ class ServerProcess:
             log.write(f"$ {' '.join(self.command())}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.command(), cwd=self.root_dir, env=env, stdout=log, stderr=subprocess.STDOUT
+                self.command(), cwd=self.root_dir, env=env, stdin=self.stdin, stdout=log, stderr=subprocess.STDOUT
             )
         return self
 

@@ -212,6 +212,7 @@ class TestBearerIdentity:
     ) -> dict[str, Any]:
         config = _base_config(tmp_path, catalogue)
         config["ServerApp"]["identity_provider_class"] = "freva_gpt_ext.auth.FrevaRestIdentityProvider"
+        config["ServerApp"]["authorizer_class"] = "freva_gpt_ext.authorizer.ChatbotOnlyAuthorizer"
         config["FrevaGPT"].update({"rest_url": rest_url, **freva_config})
         return config
 
@@ -312,6 +313,32 @@ class TestBearerIdentity:
         await asyncio.sleep(0.5)
         assert (await bare_fetch("availablechatbots", headers=BEARER)).code == 200
         assert fake_auth.counts["good-token"] == 2
+
+    async def test_refused_tokens_are_remembered_but_outages_are_not(self, bare_fetch, fake_auth):
+        bad = {"Authorization": "Bearer bad-token"}
+        for _ in range(3):
+            assert_detail(await bare_fetch("availablechatbots", headers=bad), 401, "invalid")
+        assert_detail(await bare_fetch("getuserthreads", headers={"X-Freva-User-Token": "Bearer bad-token"}), 401)
+        assert fake_auth.counts["bad-token"] == 1
+        # A failing auth server is asked again next time: its 503 is not the token's fault.
+        fake_auth.answers["flaky-token"] = (503, {"detail": "down"})
+        flaky = {"Authorization": "Bearer flaky-token"}
+        assert_detail(await bare_fetch("availablechatbots", headers=flaky), 503)
+        fake_auth.answers["flaky-token"] = (200, {"username": "flaky"})
+        assert (await bare_fetch("availablechatbots", headers=flaky)).code == 200
+        assert fake_auth.counts["flaky-token"] == 2
+
+    @pytest.mark.parametrize("freva_config", [{"token_negative_cache_ttl": 0.3}])
+    async def test_refused_tokens_are_asked_again_after_the_negative_ttl(self, bare_fetch, fake_auth):
+        bad = {"Authorization": "Bearer bad-token"}
+        assert_detail(await bare_fetch("availablechatbots", headers=bad), 401)
+        assert_detail(await bare_fetch("availablechatbots", headers=bad), 401)
+        assert fake_auth.counts["bad-token"] == 1
+        await asyncio.sleep(0.5)
+        # Now valid (e.g. the user logged in again with the same token value): accepted after the TTL.
+        fake_auth.answers["bad-token"] = (200, {"username": "late"})
+        assert (await bare_fetch("availablechatbots", headers=bad)).code == 200
+        assert fake_auth.counts["bad-token"] == 2
 
     async def test_tokens_are_never_logged(self, bare_fetch, fake_auth, caplog):
         secret = "s3cret-Token-Value-4711"

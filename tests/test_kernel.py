@@ -22,8 +22,9 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from freva_gpt_ext.app import FrevaGPT
 from freva_gpt_ext.paths import data_folder
 from freva_gpt_ext.tools.base import ToolContext
-from freva_gpt_ext.tools.kernel import CONFIG_ENV, KernelTool
+from freva_gpt_ext.tools.kernel import KernelTool
 from freva_gpt_ext.tools.kernel_output import OutputCollector, html_to_text
+from freva_gpt_ext.tools.kernel_pool import CONFIG_ENV
 from tests.conftest import body_json
 from tests.fake_llm import FakeLLM, catalogue_yaml
 from tests.test_turns import LiveStream

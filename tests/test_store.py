@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from freva_gpt_ext.storage import (
     ThreadInfo,
     ThreadStore,
 )
+from freva_gpt_ext.storage.sqlite import SCHEMA_VERSION
 from freva_gpt_ext.variants import Variant
 
 ALICE = "alice"
@@ -266,6 +268,15 @@ async def test_fork_copies_given_variants_for_the_new_owner(store: ThreadStore) 
     assert await store.info("empty") is not None
 
 
+async def test_fork_records_where_the_new_owners_part_begins(store: ThreadStore) -> None:
+    await _thread(store, "src", ALICE, "source", "one", "two")
+    await store.fork("src", "copy", BOB, await store.read("src"), "forked", fork_from_index=2)
+    infos = [await store.info(t) for t in ("src", "copy")]
+    assert [i.fork_from_index if i else "missing" for i in infos] == [None, 2]
+    page, _ = await store.list_threads(BOB, 10, 0)
+    assert [i.fork_from_index for i in page] == [2]
+
+
 async def test_feedback_counts_assistant_and_code_only(store: ThreadStore) -> None:
     await store.create("t1", ALICE)
     for v in [
@@ -345,6 +356,32 @@ async def test_stop_flag_only_while_leased_and_cleared_on_acquire(store: ThreadS
     assert await store.stop_requested("t1") is False
 
 
+async def test_lone_surrogates_are_stored_as_replacement_characters(store: ThreadStore) -> None:
+    await store.create("t1", ALICE, "topic \ud800")
+    await store.append("t1", Variant("Assistant", "a\udc00", model="m"))
+    await store.extend_last("t1", "b\ud83d")
+    await store.append("t1", Variant("ToolOutput", {"out": "x\ud800"}, id="c", tool_name="rag"))
+    await store.append("t1", Variant("Code", "c", id="k"))
+    assert await store.set_feedback("t1", 1, "meh \udfff") is True
+    await store.sync()
+    expected = [
+        Variant("Assistant", "a\ufffdb\ufffd", model="m"),
+        Variant("ToolOutput", {"out": "x\ufffd"}, id="c", tool_name="rag"),
+        Variant("Code", "c", id="k", feedback="meh \ufffd"),
+    ]
+    assert await store.read("t1") == expected
+    await store.set_topic("t1", "renamed \ud800")
+    info = await store.info("t1")
+    assert info is not None and info.topic == "renamed \ufffd"
+    assert _ids((await store.search(ALICE, "\ud800", 10, 0))[0]) == ["t1"]
+    await store.fork("t1", "t2", BOB, [Variant("User", "q\ud800")], "f\ud800")
+    assert await store.read("t2") == [Variant("User", "q\ufffd")]
+    # Nothing poisoned: later writes land.
+    await store.append("t1", Variant("User", "after"))
+    await store.sync()
+    assert (await store.read("t1"))[-1] == Variant("User", "after")
+
+
 # -- memory store -----------------------------------------------------------------------------------
 
 
@@ -362,6 +399,33 @@ async def test_memory_store_drops_least_recently_used() -> None:
     assert _ids((await store.list_threads(ALICE, 10, 0))[0]) == ["t4", "t2", "t3"]
     with pytest.raises(ValueError):
         MemoryThreadStore(max_threads=0)
+
+
+async def test_memory_store_is_bounded_by_bytes() -> None:
+    store = MemoryThreadStore(max_threads=100, max_bytes=10_000)
+    plot = "p" * 3_000
+    for n in range(3):
+        await _thread(store, f"t{n}", ALICE, "", plot)
+    await store.read("t0")
+    await _thread(store, "t3", ALICE, "", plot)
+    # t1 was the least recently used: dropped to make room.
+    assert [await store.info(t) is not None for t in ("t0", "t1", "t2", "t3")] == [True, False, True, True]
+    await store.delete("t0")
+    await store.delete("t2")
+    # A thread alone may fill the bound, never outgrow it: the write that would is refused, nothing else lost.
+    await store.append("t3", Variant("Assistant", "a"))
+    await store.extend_last("t3", "b" * 5_000)
+    with pytest.raises(StoreError, match="bytes"):
+        await store.extend_last("t3", "b" * 5_000)
+    with pytest.raises(StoreError, match="bytes"):
+        await store.append("t3", Variant("Image", "i" * 20_000))
+    with pytest.raises(StoreError, match="bytes"):
+        await store.fork("t3", "big", BOB, [Variant("User", "u" * 20_000)], "")
+    assert [len(str(v.content)) for v in await store.read("t3")] == [3_000, 5_001]
+    await _thread(store, "t4", BOB, "", plot)
+    # Room for t4 was made by dropping t3 (least recently used), not by refusing t4.
+    assert await store.info("t3") is None
+    assert await store.read("t4") == [Variant("User", plot)]
 
 
 # -- SQLite across processes ------------------------------------------------------------------------
@@ -407,9 +471,10 @@ async def test_sqlite_flushes_without_sync_after_yielding(
     await first.create("t1", ALICE, "auto")
     await first.append("t1", Variant("User", "hello"))
     await first.extend_last("t1", " there")
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert await second.read("t1") == [Variant("User", "hello there")]
+    # Nobody syncs: the writer commits on its own, soon; another store can only be polled.
+    async with asyncio.timeout(10):
+        while await second.read("t1") != [Variant("User", "hello there")]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
     page, total = await second.list_threads(ALICE, 10, 0)
     assert (_ids(page), total) == (["t1"], 1)
 
@@ -467,6 +532,43 @@ async def test_sqlite_batches_a_run_into_one_statement(db_path: Path) -> None:
         await store.aclose()
 
 
+async def test_sqlite_migrates_a_version_1_database(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as old:
+        old.executescript(
+            """
+            CREATE TABLE threads (thread_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, topic TEXT NOT NULL DEFAULT '',
+                created REAL NOT NULL, updated REAL NOT NULL);
+            CREATE INDEX threads_by_user ON threads (user_id, updated DESC);
+            CREATE TABLE variants (thread_id TEXT NOT NULL, seq INTEGER NOT NULL, variant TEXT NOT NULL,
+                content TEXT, is_json INTEGER NOT NULL DEFAULT 0, vid TEXT, tool_name TEXT, model TEXT,
+                feedback TEXT, PRIMARY KEY (thread_id, seq));
+            CREATE TABLE leases (thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL,
+                stop INTEGER NOT NULL DEFAULT 0);
+            INSERT INTO threads VALUES ('old', 'alice', 'kept', 1.0, 2.0);
+            INSERT INTO variants (thread_id, seq, variant, content) VALUES ('old', 0, 'User', 'hi');
+            PRAGMA user_version = 1;
+            """
+        )
+    store = SQLiteThreadStore(db_path)
+    try:
+        assert await store.info("old") == ThreadInfo("old", ALICE, "kept", 2.0, None)
+        await store.fork("old", "new", BOB, await store.read("old"), "kept", fork_from_index=1)
+        info = await store.info("new")
+        assert info is not None
+        assert (info.user_id, info.fork_from_index) == (BOB, 1)
+        assert await store.read("new") == [Variant("User", "hi")]
+    finally:
+        await store.aclose()
+    with contextlib.closing(sqlite3.connect(db_path)) as probe:
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    # A database written by a newer server is refused, not damaged.
+    with contextlib.closing(sqlite3.connect(db_path)) as newer:
+        newer.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteThreadStore(db_path)
+
+
 async def test_sqlite_reopen_keeps_everything(db_path: Path) -> None:
     store = SQLiteThreadStore(db_path)
     await store.create("t1", ALICE, "kept")
@@ -506,3 +608,120 @@ async def test_sqlite_errors_surface_as_store_error(tmp_path: Path) -> None:
     occupied.write_text("x")
     with pytest.raises(StoreError, match="Cannot open"):
         SQLiteThreadStore(occupied / "threads.sqlite")
+
+
+# -- SQLite off the event loop: locks and failing writes ---------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(db_path: Path) -> Iterator[None]:
+    """Another connection (another process, a backup) holds the write lock."""
+    with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+
+
+async def test_sqlite_a_lock_delays_writes_but_not_reads_of_other_threads(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path, busy_timeout=30)
+    try:
+        await _thread(store, "t1", ALICE, "mine", "before")
+        await _thread(store, "b1", BOB, "bob's", "hello")
+        await store.sync()
+        with _locked(db_path):
+            await store.append("t1", Variant("User", "during"))
+            await store.extend_last("t1", " the lock")
+            syncing = asyncio.ensure_future(store.sync("t1"))
+            async with asyncio.timeout(5):  # generous: each answers in milliseconds
+                assert await store.read("b1") == [Variant("User", "hello")]
+                assert _ids((await store.list_threads(BOB, 10, 0))[0]) == ["b1"]
+                assert _ids((await store.search(BOB, "hello", 10, 0))[0]) == ["b1"]
+                assert await store.lease_holder("t1") is None
+                assert await store.stop_requested("t1") is False
+            assert not syncing.done()
+        await asyncio.wait_for(syncing, 30)
+        assert await store.read("t1") == [Variant("User", "before"), Variant("User", "during the lock")]
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_lock_beyond_the_busy_timeout_fails_the_writes_and_nothing_later(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path, busy_timeout=0.2)
+    try:
+        await _thread(store, "t1", ALICE, "", "kept")
+        await store.sync()
+        with _locked(db_path):
+            await store.append("t1", Variant("Assistant", "lost"))
+            with pytest.raises(StoreError, match="locked"):
+                await store.sync("t1")
+            with pytest.raises(StoreError, match="locked"):
+                await store.acquire_lease("t1", "h1", 30)
+            with pytest.raises(StoreError, match="locked"):
+                await store.set_topic("t1", "x")
+        # Reported once; the dropped append's run is not continued into the variant before it.
+        await store.extend_last("t1", " more")
+        await store.sync("t1")
+        await store.append("t1", Variant("Assistant", "next"))
+        await store.extend_last("t1", " turn")
+        await store.sync()
+        assert await store.read("t1") == [Variant("User", "kept"), Variant("Assistant", "next turn")]
+        assert await store.acquire_lease("t1", "h1", 30) is True
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_refused_write_is_dropped_and_fails_only_its_thread(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path)
+    try:
+        await _thread(store, "bad", ALICE, "", "first")
+        await _thread(store, "good", BOB, "", "first")
+        await store.sync()
+        # A permanent, per-row failure (as a too-large value would be): the database itself refuses the row.
+        with contextlib.closing(sqlite3.connect(db_path)) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON variants WHEN NEW.content LIKE 'poison%' "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+            other.commit()
+        # Both in one batch.
+        await store.append("bad", Variant("Assistant", "poison"))
+        await store.append("good", Variant("Assistant", "fine"))
+        await store.extend_last("bad", "ous")
+        with pytest.raises(StoreError, match="refused"):
+            await store.sync("bad")
+        await store.sync("good")
+        await store.extend_last("bad", " tail")
+        await store.append("good", Variant("User", "later"))
+        await store.append("bad", Variant("User", "later"))
+        await store.sync()
+        assert await store.read("bad") == [Variant("User", "first"), Variant("User", "later")]
+        assert await store.read("good") == [
+            Variant("User", "first"),
+            Variant("Assistant", "fine"),
+            Variant("User", "later"),
+        ]
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_never_runs_on_the_event_loop(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path)
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+    try:
+        await store.create("t1", ALICE)
+        await store.sync()
+        # White box: the thread each statement runs on is the point.
+        store._conn.set_trace_callback(lambda _: threads.add(threading.get_ident()))
+        await store.append("t1", Variant("User", "x"))
+        await store.extend_last("t1", "y")
+        await store.set_topic("t1", "t")
+        assert await store.acquire_lease("t1", "h", 30) is True
+        await store.read("t1")
+        await store.sync()
+        store._conn.set_trace_callback(None)
+        assert threads and loop_thread not in threads
+    finally:
+        await store.aclose()

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import body_json
 from tests.test_turns import LiveStream
-from tests.tools import SleepTool
+from tests.tools import SleepTool, SwallowTool
 
 TOOLS = ["tests.tools:InProcessPython", "tests.tools:EchoTool", "tests.tools:SleepTool", "tests.tools:BrokenTool"]
 
@@ -135,6 +135,16 @@ async def test_tool_calls_hidden_unless_show_tools(api):
         "ToolOutput",
         "Assistant",
     ]
+    # editthread answers the history before a user message as getthread does: tools only when asked.
+    await turn(api, input="second", thread_id=tid)
+    fork = body_json(await api("editthread", source_thread_id=tid, user_index=1))
+    assert kinds(fork["history"]) == ["User", "Assistant"]
+    fork = body_json(await api("editthread", source_thread_id=tid, user_index=1, show_tools=True))
+    assert kinds(fork["history"]) == ["User", "ToolCall", "ToolOutput", "Assistant"]
+    # The fork itself keeps the tools.
+    assert kinds(body_json(await api("getthread", thread_id=fork["new_thread_id"], show_tools=True))) == kinds(
+        fork["history"]
+    )
 
 
 async def test_broken_and_unknown_tools_fail_the_call_not_the_turn(api, fake_llm):
@@ -169,6 +179,27 @@ async def test_stop_while_tool_runs(jp_fetch, api):
     stored = body_json(await api("getthread", thread_id=live.thread_id, show_tools=True))
     assert kinds(stored) == ["User", "ToolCall", "ToolOutput"]
     assert stored[-1]["content"] == "Stopped by user."
+
+
+@pytest.mark.parametrize("freva_config", [{"tools": ["tests.tools:SwallowTool"], "tool_stop_grace": 0.5}])
+async def test_stop_ends_the_stream_when_a_tool_ignores_it(jp_fetch, api):
+    live = LiveStream(jp_fetch, input="x [[fake:tool tool=swallow args='{}']]", show_tools=True)
+    await live.wait_for(lambda lines: any(x["variant"] == "ToolCall" for x in lines))
+    call_id = next(x for x in live.lines if x["variant"] == "ToolCall")["id"]
+    await live.wait_for(lambda _: call_id in SwallowTool.started)
+    asked = time.monotonic()
+    await api("stop", thread_id=live.thread_id)
+    lines = await live.finish()
+    assert time.monotonic() - asked < 5
+    assert call_id in SwallowTool.cancelled  # it was cancelled and did not stop
+    assert kinds(lines)[-3:] == ["ToolOutput", "ServerError", "StreamEnd"]
+    assert lines[-1]["content"] == "Stream is stopped by user."
+    assert lines[-2]["content"] == "A tool did not stop within 0.5 s; the answer ends without it."
+    stored = body_json(await api("getthread", thread_id=live.thread_id, show_tools=True))
+    assert kinds(stored) == ["User", "ToolCall", "ToolOutput", "ServerError"]
+    assert stored[2]["content"] == "Stopped by user."
+    # The thread is free again.
+    assert kinds(await turn(api, input="again", thread_id=live.thread_id))[-1] == "StreamEnd"
 
 
 async def test_stop_cuts_a_code_call_short(jp_fetch, api):

@@ -79,3 +79,20 @@ class InProcessPython(_TestTool):
         yield Variant(CODE_OUTPUT, out.getvalue() + (error or ""), id=call_id)
         if error:
             yield Variant(CODE_ERROR, error, id=call_id)
+
+
+class SwallowTool(_TestTool):
+    """A careless third-party tool: it swallows the first cancellation and goes on (the second one ends it)."""
+
+    name = "swallow"
+    description = "Wait, whatever happens."
+    started: list[str] = []
+
+    async def run(self, call_id: str, arguments: dict[str, Any], ctx: ToolContext) -> AsyncIterator[Variant]:
+        SwallowTool.started.append(call_id)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            SwallowTool.cancelled.append(call_id)
+        await asyncio.sleep(60)
+        yield Variant(TOOL_OUTPUT, "waited", id=call_id, tool_name=self.name)

@@ -87,40 +87,53 @@ async function waitFor(what, check, timeoutMs, child) {
 }
 
 export class Harness {
+  /**
+   * `catalogue`: the model catalogue's text (written to `this.catalogue`), `null` for none at all; by default
+   * the fake LLM runs and the catalogue lists its models.
+   */
+  constructor({ catalogue } = {}) {
+    this.catalogueText = catalogue;
+  }
+
   async start() {
     this.tmp = mkdtempSync(join(tmpdir(), 'freva-gpt-ui-'));
     this.logs = join(this.tmp, 'logs');
     mkdirSync(this.logs);
     mkdirSync(SCREENSHOTS, { recursive: true });
 
-    // The fake LLM: `python -m tests.fake_llm`.
-    const llmPort = await freePort();
-    this.llm = new Child(
-      'fake-llm',
-      PYTHON,
-      ['-m', 'tests.fake_llm', '--port', String(llmPort)],
-      {
-        cwd: REPO,
-        env: cleanEnv({})
-      },
-      this.logs
-    );
-    const llmUrl = `http://127.0.0.1:${llmPort}/v1`;
-    await waitFor('the fake LLM', async () => (await fetch(`${llmUrl}/models`)).ok, 30000, this.llm);
-
-    // Its catalogue, written by the test suite's own helper.
-    const catalogue = join(this.tmp, 'models.yaml');
-    writeFileSync(
-      catalogue,
-      execFileSync(
+    this.catalogue = this.catalogueText === null ? null : join(this.tmp, 'models.yaml');
+    if (this.catalogueText === undefined) {
+      // The fake LLM (`python -m tests.fake_llm`) and its catalogue, written by the test suite's own helper.
+      const llmPort = await freePort();
+      this.llm = new Child(
+        'fake-llm',
         PYTHON,
-        ['-c', `from tests.fake_llm import catalogue_yaml; print(catalogue_yaml(${JSON.stringify(llmUrl)}))`],
+        ['-m', 'tests.fake_llm', '--port', String(llmPort)],
         {
           cwd: REPO,
-          encoding: 'utf-8'
-        }
-      )
-    );
+          env: cleanEnv({})
+        },
+        this.logs
+      );
+      const llmUrl = `http://127.0.0.1:${llmPort}/v1`;
+      await waitFor('the fake LLM', async () => (await fetch(`${llmUrl}/models`)).ok, 30000, this.llm);
+      writeFileSync(
+        this.catalogue,
+        execFileSync(
+          PYTHON,
+          [
+            '-c',
+            `from tests.fake_llm import catalogue_yaml; print(catalogue_yaml(${JSON.stringify(llmUrl)}))`
+          ],
+          {
+            cwd: REPO,
+            encoding: 'utf-8'
+          }
+        )
+      );
+    } else if (this.catalogue) {
+      writeFileSync(this.catalogue, this.catalogueText);
+    }
 
     // JupyterLab settings: no news, no update check.
     const settings = join(this.tmp, 'lab-settings');
@@ -165,7 +178,7 @@ export class Harness {
           ...dirs,
           JUPYTERLAB_SETTINGS_DIR: settings,
           JUPYTERLAB_WORKSPACES_DIR: join(this.tmp, 'workspaces'),
-          FREVAGPT_LITELLM_CONFIG: catalogue,
+          ...(this.catalogue ? { FREVAGPT_LITELLM_CONFIG: this.catalogue } : {}),
           FREVAGPT_DATA_DIR: join(this.tmp, 'freva-data'),
           FREVAGPT_HEARTBEAT_INTERVAL: '0.5'
         })

@@ -59,6 +59,35 @@ async function waitIdle(timeout = 60000) {
   await page.waitForSelector(`${PANEL}[data-streaming="false"]`, { timeout });
 }
 
+/**
+ * Wait until the message list follows the stream (at its bottom) or, with `false`, is left where the reader
+ * scrolled to (more than 100 px above the bottom).
+ */
+async function waitFollowing(following) {
+  await page.waitForFunction(following => {
+    const panel = document.querySelector('#freva-gpt-panel');
+    const s = panel.querySelector('[id^="jupyter-chat-scroll-container-"]');
+    const distance = s.scrollHeight - s.scrollTop - s.clientHeight;
+    return panel.dataset.follows === String(following) && (following ? distance < 40 : distance > 100);
+  }, following);
+}
+
+/** The highest `tokN` of the fake LLM's answer in the last message (-1: none yet). */
+function lastToken() {
+  return page.evaluate(() => {
+    const msgs = document.querySelectorAll('#freva-gpt-panel .jp-chat-messages-container > .jp-chat-message');
+    const text = msgs.length ? msgs[msgs.length - 1].innerText : '';
+    return Math.max(-1, ...[...text.matchAll(/tok(\d+)/g)].map(m => Number(m[1])));
+  });
+}
+
+async function waitForToken(n) {
+  await page.waitForFunction(n => {
+    const msgs = document.querySelectorAll('#freva-gpt-panel .jp-chat-messages-container > .jp-chat-message');
+    return msgs.length && msgs[msgs.length - 1].innerText.includes(`tok${n} `);
+  }, n);
+}
+
 /** Where the message list is scrolled: its top and the distance to the bottom. */
 function scrollState() {
   return page.evaluate(() => {
@@ -76,6 +105,143 @@ function lastMessage() {
 
 async function messagesText() {
   return (await page.locator(MESSAGES).innerText()).replace(/\s+/g, ' ').trim();
+}
+
+/**
+ * Wait until the last element matching `selector` reads `pattern` (a RegExp source). The chat renders after
+ * the model's state changed (e.g. after `data-streaming` turned false): read what it shows only this way.
+ */
+async function waitForLastText(selector, pattern, timeout = 30000) {
+  try {
+    await page.waitForFunction(
+      ([selector, pattern]) => {
+        const all = document.querySelectorAll(selector);
+        return all.length > 0 && new RegExp(pattern).test(all[all.length - 1].innerText);
+      },
+      [selector, pattern],
+      { timeout }
+    );
+  } catch {
+    const all = page.locator(selector);
+    const text = (await all.count()) ? await all.last().innerText() : '(none)';
+    assert.fail(`${selector} does not read /${pattern}/: ${text}`);
+  }
+}
+
+/** The messages' text (whitespace folded) once it stopped changing: the same in 10 frames in a row. */
+async function settledMessagesText() {
+  await page.evaluate(() => {
+    delete window.frevaText;
+  });
+  const text = await page.waitForFunction(sel => {
+    const text = document.querySelector(sel)?.innerText.replace(/\s+/g, ' ').trim() ?? '';
+    if (window.frevaText !== text) {
+      window.frevaText = text;
+      window.frevaSame = 0;
+    }
+    return ++window.frevaSame >= 10 ? text : null;
+  }, MESSAGES);
+  return text.jsonValue();
+}
+
+/** Wait until the messages read `expected` (whitespace folded); on a timeout, show the difference. */
+async function waitForMessagesText(expected) {
+  try {
+    await page.waitForFunction(
+      ([sel, text]) => document.querySelector(sel)?.innerText.replace(/\s+/g, ' ').trim() === text,
+      [MESSAGES, expected],
+      { timeout: 15000 }
+    );
+  } catch {
+    assert.equal(await messagesText(), expected);
+  }
+}
+
+/** Wait for the number of threads the list shows and its pager's label, which follow the same data. */
+async function waitForThreadPage(items, label) {
+  await page.waitForFunction(
+    ([items, label]) =>
+      document.querySelectorAll('#freva-gpt-panel .freva-gpt-thread').length === items &&
+      new RegExp(label).test(
+        document.querySelector('#freva-gpt-panel .freva-gpt-thread-count')?.textContent ?? ''
+      ),
+    [items, label]
+  );
+}
+
+/** Drag the right side bar's split handle until the panel is `width` px wide. */
+async function setPanelWidth(width) {
+  const panel = await page.locator(PANEL).boundingBox();
+  const handle = page.locator('#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)').last();
+  const box = await handle.boundingBox();
+  const y = box.y + box.height / 2;
+  await page.mouse.move(box.x + box.width / 2, y);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width / 2 - (width - panel.width), y, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForFunction(
+    ([sel, width]) => Math.abs(document.querySelector(sel).getBoundingClientRect().width - width) < 1,
+    [PANEL, width]
+  );
+}
+
+/**
+ * What does not fit in the panel's header: elements outside the panel's box, content wider than its
+ * element (a squeezed button), and neighbours on one line that overlap.
+ */
+function headerProblems() {
+  return page.evaluate(sel => {
+    const panel = document.querySelector(sel).getBoundingClientRect();
+    const header = document.querySelector(`${sel} .freva-gpt-header`);
+    const name = e =>
+      e.tagName.toLowerCase() + (e.className ? `.${String(e.className).split(' ').join('.')}` : '');
+    const problems = [];
+    if (header.scrollWidth > header.clientWidth) {
+      problems.push(`the header overflows: ${header.scrollWidth} > ${header.clientWidth}`);
+    }
+    for (const e of header.querySelectorAll('*')) {
+      const r = e.getBoundingClientRect();
+      if (!r.width || !r.height) {
+        continue;
+      }
+      if (r.left < panel.left - 0.5 || r.right > panel.right + 0.5) {
+        problems.push(
+          `${name(e)} [${r.left}, ${r.right}] is outside the panel [${panel.left}, ${panel.right}]`
+        );
+      }
+      if (e.matches('button, select') && e.scrollWidth > e.clientWidth + 1) {
+        problems.push(`${name(e)}: content ${e.scrollWidth} px in ${e.clientWidth} px`);
+      }
+    }
+    for (const row of header.querySelectorAll('.freva-gpt-header-row')) {
+      const boxes = [...row.children].map(c => [c, c.getBoundingClientRect()]);
+      for (let i = 1; i < boxes.length; i++) {
+        const [a, ra] = boxes[i - 1];
+        const [b, rb] = boxes[i];
+        if (rb.top < ra.bottom && rb.bottom > ra.top && rb.left < ra.right - 0.5) {
+          problems.push(`${name(a)} and ${name(b)} overlap`);
+        }
+      }
+    }
+    return problems;
+  }, PANEL);
+}
+
+/** The ids of the threads the list shows, in order. */
+function threadIds() {
+  return page.$$eval(`${PANEL} .freva-gpt-thread`, items => items.map(i => i.dataset.threadId));
+}
+
+/** Wait until the theme's styles apply to the panel. */
+async function waitForPanelBackground(theme) {
+  await page.waitForFunction(theme => {
+    const colour = getComputedStyle(document.querySelector('#freva-gpt-panel')).backgroundColor;
+    const sum = colour
+      .match(/\d+/g)
+      .slice(0, 3)
+      .reduce((a, b) => a + Number(b), 0);
+    return theme === 'dark' ? sum < 300 : sum > 600;
+  }, theme);
 }
 
 /** Run a JupyterLab command (the app is exposed with --LabApp.expose_app_in_browser). */
@@ -119,15 +285,13 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
       document.querySelector('#freva-gpt-panel .jp-chat-welcome-message')?.textContent?.includes('FrevaGPT')
     );
 
-    // Widen the right side bar (drag the split handle) so that screenshots show something.
-    const handles = page.locator('#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)');
-    const box = await handles.last().boundingBox();
-    if (box) {
-      await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
-      await page.mouse.down();
-      await page.mouse.move(box.x - 180, box.y + box.height / 2, { steps: 5 });
-      await page.mouse.up();
-    }
+    // The header fits at the side bar's default width and at 300 px.
+    assert.deepEqual(await headerProblems(), [], `at ${(await page.locator(PANEL).boundingBox()).width} px`);
+    await setPanelWidth(300);
+    assert.deepEqual(await headerProblems(), [], 'at 300 px');
+    await screenshot('0-header-300px');
+    // Wider, so that the screenshots show something.
+    await setPanelWidth(480);
     // Shift+Enter is a new line, not a send.
     await input().fill('first line');
     await input().press('Shift+Enter');
@@ -141,26 +305,30 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
   it('streams an answer in, with the model that answered', async () => {
     await ask('Hello, what is $E = mc^2$? [[fake:text tokens=80 delay=0.04]]');
     const message = lastMessage();
-    await page.waitForFunction(() => {
-      const msgs = document.querySelectorAll(
-        '#freva-gpt-panel .jp-chat-messages-container > .jp-chat-message'
-      );
-      return msgs.length && msgs[msgs.length - 1].innerText.includes('tok3 ');
-    });
-    const early = await message.innerText();
+    // The answer and the status line as they were when the first tokens showed (read at once, in the page).
+    const { early, status } = await (
+      await page.waitForFunction(() => {
+        const msgs = document.querySelectorAll(
+          '#freva-gpt-panel .jp-chat-messages-container > .jp-chat-message'
+        );
+        const text = msgs.length ? msgs[msgs.length - 1].innerText : '';
+        return text.includes('tok3 ')
+          ? { early: text, status: document.querySelector('#freva-gpt-panel .freva-gpt-status')?.innerText }
+          : null;
+      })
+    ).jsonValue();
     assert.ok(!early.includes('tok79'), 'the whole answer came at once');
-    const status = await page.locator(`${PANEL} .freva-gpt-status`).innerText();
     assert.match(status, /Writing|Thinking/);
     await screenshot('1-streaming');
     await waitIdle();
+    await waitForLastText(`${MESSAGES} > .jp-chat-message`, 'tok79');
     const text = await message.innerText();
-    assert.ok(text.includes('tok79'), text);
     // The list followed the stream to its end.
-    assert.ok((await scrollState()).distance < 40, JSON.stringify(await scrollState()));
+    await waitFollowing(true);
     assert.ok(text.length > early.length);
     assert.match(await page.locator(`${MESSAGES}`).innerText(), /FrevaGPT · fake-text/);
     // Math in the user's message went through JupyterLab's typesetter.
-    assert.ok((await page.locator(`${MESSAGES} mjx-container, ${MESSAGES} .MathJax`).count()) > 0);
+    await page.waitForSelector(`${MESSAGES} mjx-container, ${MESSAGES} .MathJax`);
     state.firstThread = await page.locator(PANEL).getAttribute('data-thread-id');
     assert.ok(state.firstThread);
   });
@@ -176,15 +344,18 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
       await code.locator('.freva-gpt-code-source').innerText(),
       /plt\.plot\(\[1, 2, 3\], \[1, 4, 9\]\)/
     );
+    await waitForLastText(
+      `${MESSAGES} .freva-gpt-code[data-state="done"] .freva-gpt-code-output`,
+      'plotting'
+    );
     assert.equal(await code.getAttribute('data-state'), 'done', await code.innerText());
-    assert.match(await code.locator('.freva-gpt-code-output').innerText(), /plotting/);
     const image = page.locator(`${MESSAGES} img.freva-gpt-image`).last();
     await image.waitFor();
     await page.waitForFunction(() =>
       [...document.querySelectorAll('#freva-gpt-panel img.freva-gpt-image')].some(i => i.naturalWidth > 10)
     );
     // The final answer quotes the output.
-    assert.match(await lastMessage().innerText(), /The result was/);
+    await waitForLastText(`${MESSAGES} > .jp-chat-message`, 'The result was');
     await screenshot('2-code-output-image');
     await image.click();
     const large = page.locator('.jp-Dialog img.freva-gpt-image-large');
@@ -203,15 +374,13 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
       return msgs.length && msgs[msgs.length - 1].innerText.includes('tok10 ');
     });
     // Following the stream; a reader who scrolls up is left alone, and followed again back at the bottom.
-    await page.waitForTimeout(300);
-    assert.ok((await scrollState()).distance < 40);
+    await waitFollowing(true);
     const list = await page.locator(`${PANEL} [id^="jupyter-chat-scroll-container-"]`).boundingBox();
     await page.mouse.move(list.x + list.width / 2, list.y + list.height / 2);
     await page.mouse.wheel(0, -400);
-    await page.waitForTimeout(300);
+    await waitFollowing(false);
     const up = await scrollState();
-    assert.ok(up.distance > 100, JSON.stringify(up));
-    await page.waitForTimeout(1000);
+    await waitForToken((await lastToken()) + 20);
     const later = await scrollState();
     assert.ok(
       Math.abs(later.top - up.top) < 2,
@@ -219,8 +388,10 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
     );
     assert.ok(later.distance > up.distance, 'the answer stopped growing');
     await page.mouse.wheel(0, 100000);
-    await page.waitForTimeout(1000);
-    assert.ok((await scrollState()).distance < 40, 'not followed again at the bottom');
+    await waitFollowing(true);
+    // And it keeps following as the answer grows.
+    await waitForToken((await lastToken()) + 20);
+    await waitFollowing(true);
     const stop = page.locator(`${PANEL} .freva-gpt-stop`);
     await stop.waitFor();
     await screenshot('4-before-stop');
@@ -229,18 +400,18 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
     await waitIdle(15000);
     const took = Date.now() - clicked;
     assert.ok(took < 5000, `the stream ended ${took} ms after stop`);
-    assert.match(await page.locator(`${PANEL} .freva-gpt-status`).innerText(), /Stopped/);
+    await waitForLastText(`${PANEL} .freva-gpt-status`, 'Stopped');
     const text = await lastMessage().innerText();
     assert.ok(text.includes('tok10') && !text.includes('tok2999'), 'the answer went on after stop');
-    assert.equal(await stop.count(), 0, 'the stop button stays after the end');
+    await stop.waitFor({ state: 'detached' });
   });
 
   it('reopens the thread from the list, as it looked live', async () => {
     const threadId = await page.locator(PANEL).getAttribute('data-thread-id');
     assert.equal(threadId, state.firstThread, 'the conversation changed thread');
     // The live view, once the last answer's buttons are in.
-    await page.waitForTimeout(300);
-    const live = await messagesText();
+    await lastMessage().locator('.freva-gpt-feedback').waitFor();
+    const live = await settledMessagesText();
     const liveImages = await page.locator(`${MESSAGES} img.freva-gpt-image`).count();
     await page.click(`${PANEL} .freva-gpt-new-chat`);
     await page.waitForFunction(sel => !document.querySelector(sel)?.children.length, MESSAGES);
@@ -281,8 +452,7 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
       n => document.querySelectorAll('#freva-gpt-panel img.freva-gpt-image').length === n,
       liveImages
     );
-    await page.waitForTimeout(300);
-    assert.equal(await messagesText(), live);
+    await waitForMessagesText(live);
     await screenshot('6-reopened');
   });
 
@@ -336,7 +506,7 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
     assert.equal(await tool.evaluate(d => d.open), false, 'a tool call opened by itself');
     assert.match(await tool.locator('summary').innerText(), /lookup/);
     await tool.locator('summary').click();
-    assert.match(await tool.innerText(), /ERA5 tas/);
+    await waitForLastText(`${MESSAGES} details.freva-gpt-tool`, 'ERA5 tas');
     await ask('Break [[fake:error status=400 message="the model refuses"]]');
     await waitIdle();
     const error = page.locator(`${MESSAGES} .freva-gpt-error`).last();
@@ -357,6 +527,8 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
     await page.click(`${PANEL} .freva-gpt-threads-button`);
     const item = page.locator(`${PANEL} .freva-gpt-thread[data-thread-id="${threadId}"]`);
     await item.waitFor();
+    // The list has loaded: no answer of an earlier request takes the item away.
+    await page.waitForSelector(`${PANEL} .freva-gpt-thread-list[aria-busy="false"]`);
     const status = await page.evaluate(
       async ([id, token]) => {
         const response = await fetch('/api/chatbot/deletethread', {
@@ -421,8 +593,7 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
     await page.waitForSelector(`${PANEL} .freva-gpt-kernel-target[data-state="kernel"]`);
     await ask(`Remember a number [[fake:code code="freva_marker = 6 * 7\nprint('marker', freva_marker)"]]`);
     await waitIdle(90000);
-    const code = page.locator(`${MESSAGES} .freva-gpt-code`).last();
-    assert.match(await code.locator('.freva-gpt-code-output').innerText(), /marker 42/);
+    await waitForLastText(`${MESSAGES} .freva-gpt-code-output`, 'marker 42');
     // The notebook's own kernel now knows the variable.
     await ask('And in the notebook? [[fake:text text="```python\nprint(freva_marker + 1)\n```" delay=0.01]]');
     await waitIdle();
@@ -468,46 +639,37 @@ describe('the FrevaGPT panel', { timeout: 600000 }, () => {
     }, h.token);
     await page.click(`${PANEL} .freva-gpt-threads-button`);
     const count = page.locator(`${PANEL} .freva-gpt-thread-count`);
-    await page.waitForFunction(() =>
-      /^1–20 of \d+$/.test(
-        document.querySelector('#freva-gpt-panel .freva-gpt-thread-count')?.textContent ?? ''
-      )
-    );
+    await waitForThreadPage(20, '^1–20 of \\d+$');
     const total = Number((await count.innerText()).split(' of ')[1]);
-    assert.ok(total > 21, `only ${total} threads`);
-    assert.equal(await page.locator(`${PANEL} .freva-gpt-thread`).count(), 20);
+    assert.ok(total > 21 && total <= 40, `${total} threads`);
+    const firstPage = await threadIds();
     await page.click(`${PANEL} .freva-gpt-thread-pages [data-action="next"]`);
-    await page.waitForFunction(
-      n =>
-        document.querySelector('#freva-gpt-panel .freva-gpt-thread-count')?.textContent === `21–${n} of ${n}`,
-      total
+    await waitForThreadPage(total - 20, `^21–${total} of ${total}$`);
+    const secondPage = await threadIds();
+    assert.deepEqual(
+      secondPage.filter(id => firstPage.includes(id)),
+      [],
+      'the second page shows threads of the first'
     );
-    assert.equal(await page.locator(`${PANEL} .freva-gpt-thread`).count(), total - 20);
     await page.click(`${PANEL} .freva-gpt-thread-pages [data-action="previous"]`);
-    await page.waitForFunction(() =>
-      document.querySelector('#freva-gpt-panel .freva-gpt-thread-count')?.textContent?.startsWith('1–20')
-    );
+    await waitForThreadPage(20, `^1–20 of ${total}$`);
+    assert.deepEqual(await threadIds(), firstPage);
     // Delete the newest one, confirming in the dialog.
     const first = page.locator(`${PANEL} .freva-gpt-thread`).first();
     const id = await first.getAttribute('data-thread-id');
     await first.locator('[data-action="delete"]').click();
     await page.click('.jp-Dialog .jp-mod-warn');
-    await page.waitForFunction(
-      ([id, n]) =>
-        !document.querySelector(`#freva-gpt-panel .freva-gpt-thread[data-thread-id="${id}"]`) &&
-        document.querySelector('#freva-gpt-panel .freva-gpt-thread-count')?.textContent ===
-          `1–20 of ${n - 1}`,
-      [id, total]
-    );
+    await waitForThreadPage(20, `^1–20 of ${total - 1}$`);
+    assert.ok(!(await threadIds()).includes(id), 'the deleted thread is still listed');
     await page.click(`${PANEL} .freva-gpt-threads-button`);
   });
 
   it('looks right in the dark theme', async () => {
     await command('apputils:change-theme', { theme: 'JupyterLab Dark' });
-    await page.waitForFunction(() => document.body.dataset.jpThemeLight === 'false');
-    await page.waitForTimeout(500);
+    await waitForPanelBackground('dark');
     await screenshot('11-dark-theme');
     await command('apputils:change-theme', { theme: 'JupyterLab Light' });
+    await waitForPanelBackground('light');
   });
 
   it('had no errors in the browser', () => {

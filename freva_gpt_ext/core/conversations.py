@@ -7,15 +7,15 @@ come from another server process), keeps the stream alive with heartbeats, and a
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from ..storage.base import ThreadStore
+from ..storage.base import ThreadStore, clean_text
 from ..variants import (
     CODE,
     CODE_ERROR,
@@ -40,6 +40,7 @@ from .llm import LLMError
 from .topics import is_meaningful, provisional_topic
 
 STREAM_DONE = "Stream ended."
+STREAM_FAILED = "Stream ended with an error."
 
 
 class ThreadBusy(Exception):
@@ -51,6 +52,7 @@ class TurnSettings:
     heartbeat_interval: float
     lease_ttl: float
     stop_poll_interval: float
+    tool_stop_grace: float
 
 
 class Turn:
@@ -76,12 +78,16 @@ class Turn:
         self.finished = False
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._failure: str | None = None  # why the turn was ended from the reading side
+        # The reader's sync in progress: (its task, the lines it covers, whether the turn had finished).
+        self._syncing: tuple[asyncio.Future[None], int, bool] | None = None
         self._last_stored: Variant | None = None
         self._last_wire: Variant | None = None
         self._last_line_at = time.monotonic()
         self._status = "thinking"
         self._images = 0
         self._open_call: Variant | None = None
+        self._abandoned = False  # the producer did not stop in time: whatever it still yields is dropped
         self.task: asyncio.Task[None] | None = None
 
     # -- reading side -------------------------------------------------------------------------------------
@@ -90,17 +96,58 @@ class Turn:
         while index >= len(self.lines) and not self.finished:
             self._wake.clear()
             await self._wake.wait()
-        batch = self.lines[index:]
-        finished = self.finished
-        await self.store.sync()
-        return batch, index + len(batch), finished
+        if self._syncing is None:
+            # Covers the lines queued so far; those queued later wait for the next sync.
+            self._syncing = (asyncio.ensure_future(self.store.sync(self.thread_id)), len(self.lines), self.finished)
+        syncing, upto, finished = self._syncing
+        # No keep-alive before the first line, which must name the thread.
+        done, _ = await asyncio.wait({syncing}, timeout=self.settings.heartbeat_interval if index else None)
+        if not done:
+            # The store is slow (another process holds its lock): the stream stays alive meanwhile.
+            return [self._keep_alive(index)], index, False
+        self._syncing = None
+        try:
+            syncing.result()
+        except Exception as err:
+            # The store lost part of the answer: the turn ends, and the reader gets everything up to its
+            # ServerError and StreamEnd (queued whether or not the store still takes them).
+            self.log.error("Storing thread %s failed; ending its turn: %s", self.thread_id, err)
+            reason = f"The thread store failed: {err}"
+            self._fail(reason)
+            while not self.finished and not (self._last_wire is not None and self._last_wire.variant == STREAM_END):
+                self._wake.clear()
+                await self._wake.wait()
+            lines, end = self.lines[index:], self._last_wire
+            if end is None or end.variant != STREAM_END or end.content != STREAM_FAILED:
+                # The answer had ended before the failure came to light: its end must not read as a success.
+                if end is not None and end.variant == STREAM_END:
+                    lines = lines[:-1]
+                lines += [*wire_lines(Variant(SERVER_ERROR, reason)), *wire_lines(Variant(STREAM_END, STREAM_FAILED))]
+            return lines, len(self.lines), True
+        return self.lines[index:upto], upto, finished
+
+    def _keep_alive(self, index: int) -> bytes:
+        """A line that changes nothing for the client after the line before `index`."""
+        last = json.loads(self.lines[index - 1])
+        if last.get("variant") in RUN_VARIANTS:
+            # Nothing may split a run of fragments: an empty fragment merges away.
+            return b"".join(wire_lines(Variant(last["variant"], "", id=last.get("id"))))
+        return b"".join(wire_lines(hint(status=self._status)))
 
     def stop(self) -> None:
+        self._stop.set()
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = reason
         self._stop.set()
 
     # -- writing side -------------------------------------------------------------------------------------
     async def emit(self, v: Variant) -> None:
         """Record `v` (buffered in the store, durable before any reader gets its line) and queue its lines."""
+        if isinstance(v.content, str) and not v.content.isascii():
+            # The client sees what the store keeps: lone surrogates (an LLM may send "\ud800") as U+FFFD.
+            v = replace(v, content=clean_text(v.content))
         if v.variant == IMAGE and self._last_wire is not None and self._last_wire.variant == IMAGE:
             # The web client merges adjacent lines of one variant: separate two images.
             self._images += 1
@@ -167,19 +214,19 @@ class Turn:
         heart = asyncio.create_task(self._heartbeat())
         try:
             done, _ = await asyncio.wait({worker, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            late = None
             if worker in done:
                 error = worker.result()
             else:
-                worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker
                 error = watcher.result()
+                late = await self._cancel(worker)
             heart.cancel()
             stopped = worker not in done and error is None
             try:
                 await self._close_open_call("Stopped by user." if stopped else (error or "No result."))
-                if error:
-                    await self.emit(Variant(SERVER_ERROR, error))
+                for text in (error, late):
+                    if text:
+                        await self.emit(Variant(SERVER_ERROR, text))
                 reason = STOPPED_BY_USER if stopped else "Stream ended with an error." if error else STREAM_DONE
                 await self.emit(Variant(STREAM_END, reason))
             except Exception as err:
@@ -191,17 +238,36 @@ class Turn:
             for task in (worker, watcher, heart):
                 task.cancel()
             try:
-                await self.store.sync()
+                await self.store.sync(self.thread_id)
                 await self.store.release_lease(self.thread_id, self.holder)
             except Exception:
                 self.log.exception("Could not finish thread %s cleanly", self.thread_id)
-            self.finished = True
-            self._wake.set()
-            on_done()
+            finally:
+                # Even when this task is cancelled (shutdown), readers and the registry learn it ended.
+                self.finished = True
+                self._wake.set()
+                on_done()
+
+    async def _cancel(self, worker: asyncio.Task[str | None]) -> str | None:
+        """Cancel the producer and wait for it a grace period; a tool that swallows the cancellation would
+        otherwise hold the turn forever. Returns what to report when it is left behind."""
+        worker.cancel()
+        await asyncio.wait({worker}, timeout=self.settings.tool_stop_grace)
+        if worker.done():
+            return None
+        self._abandoned = True
+        self.log.error(
+            "The turn on thread %s did not stop within %g s (a tool ignores cancellation); it is left behind.",
+            self.thread_id,
+            self.settings.tool_stop_grace,
+        )
+        return f"A tool did not stop within {self.settings.tool_stop_grace:g} s; the answer ends without it."
 
     async def _consume(self, producer: AsyncIterator[Variant]) -> str | None:
         try:
             async for v in producer:
+                if self._abandoned:
+                    return None
                 await self.emit(v)
         except LLMError as err:
             return str(err)
@@ -212,12 +278,12 @@ class Turn:
 
     async def _watch(self) -> str | None:
         """Returns when a stop is requested, here or (through the store) in another process: None; or an
-        error text when the thread's lease was lost (another process took the thread over)."""
+        error text when the thread's lease was lost (another process took the thread over) or the store failed."""
         lease_due = time.monotonic() + self.settings.lease_ttl / 3
         while True:
             try:
                 await asyncio.wait_for(self._stop.wait(), self.settings.stop_poll_interval)
-                return None
+                return self._failure
             except TimeoutError:
                 pass
             try:
@@ -245,12 +311,13 @@ class Turn:
 
 
 class Conversations:
-    """The turns running in this server process, by thread id."""
+    """The turns running in this server process, by (store, thread id): a memory-only thread and a stored one
+    may share an id, never a turn."""
 
     def __init__(self, settings: TurnSettings, log: logging.Logger) -> None:
         self.settings = settings
         self.log = log
-        self.active: dict[str, Turn] = {}
+        self.active: dict[tuple[ThreadStore, str], Turn] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(
@@ -286,7 +353,7 @@ class Conversations:
         except BaseException:
             await store.release_lease(thread_id, holder)
             raise
-        self.active[thread_id] = turn
+        self.active[(store, thread_id)] = turn
 
         def done() -> None:
             self._forget(turn)
@@ -327,23 +394,29 @@ class Conversations:
             self.log.warning("Could not title thread %s: %s", thread_id, err)
 
     def _forget(self, turn: Turn) -> None:
-        if self.active.get(turn.thread_id) is turn:
-            del self.active[turn.thread_id]
+        if self.active.get((turn.store, turn.thread_id)) is turn:
+            del self.active[(turn.store, turn.thread_id)]
 
     async def stop(self, thread_id: str, store: ThreadStore) -> bool:
-        turn = self.active.get(thread_id)
+        turn = self.active.get((store, thread_id))
         if turn is not None and not turn.finished:
             turn.stop()
             return True
         return await store.request_stop(thread_id)
 
     async def aclose(self) -> None:
-        """Stop every turn (server shutdown); each still stores its end."""
+        """Stop every turn (server shutdown); each still stores its end, unless it takes longer than its tool's
+        grace period twice over (a stuck store): then it is cancelled, nothing runs on after this."""
         turns = list(self.active.values())
         for turn in turns:
             turn.stop()
         tasks = [t.task for t in turns if t.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=10)
+            _, pending = await asyncio.wait(tasks, timeout=2 * self.settings.tool_stop_grace + 1)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.log.warning("Cancelled %d turns that did not end at shutdown.", len(pending))
+                await asyncio.wait(pending, timeout=1)
         for task in list(self._background):
             task.cancel()

@@ -10,22 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import yaml
+
+from .catalogue import CatalogueError, read_model_list
+from .redact import host_of, mask_secrets, safe_url
 
 LEAN_PREFIXES = ("openai/", "hosted_vllm/")
 _ENV_REF = re.compile(r"^os\.environ/(\w+)$")
-
-
-class CatalogueError(Exception):
-    """The model catalogue cannot be read."""
 
 
 class LLMError(Exception):
@@ -88,31 +88,24 @@ class ModelCatalogue:
         self.chat = [e for e in entries if e.is_chat]
         self._by_name = {e.name: e for e in self.chat}
         if default and default not in self._by_name:
-            raise CatalogueError(f"The default model {default!r} is not a chat model of the catalogue.")
+            raise CatalogueError(
+                f"The default model {default!r} (default_model, FREVAGPT_DEFAULT_MODEL) is not a chat model of "
+                f"the catalogue: set it to one of {', '.join(self._by_name) or 'its models'}, or unset it."
+            )
         self.default_name = default or (self.chat[0].name if self.chat else None)
 
     @classmethod
     def load(cls, path: str | Path | None, default: str | None = None) -> ModelCatalogue:
         if not path:
             return cls([], None)
-        try:
-            raw = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise CatalogueError(f"Cannot read the model catalogue {path}: {err}") from err
-        items = raw.get("model_list") if isinstance(raw, dict) else None
-        if not isinstance(items, list):
-            raise CatalogueError(f"The model catalogue {path} has no `model_list` list.")
-        entries = []
-        for item in items:
-            if not isinstance(item, dict) or not item.get("model_name"):
-                raise CatalogueError(f"Every entry of {path} needs a `model_name`.")
-            entries.append(
-                ModelEntry(
-                    name=str(item["model_name"]),
-                    params=dict(item.get("litellm_params") or {}),
-                    info=dict(item.get("model_info") or {}),
-                )
+        entries = [
+            ModelEntry(
+                name=str(item["model_name"]),
+                params=dict(item["litellm_params"]),
+                info=dict(item.get("model_info") or {}),
             )
+            for item in read_model_list(path)
+        ]
         return cls(entries, default)
 
     @property
@@ -121,6 +114,26 @@ class ModelCatalogue:
 
     def get(self, name: str | None) -> ModelEntry | None:
         return self._by_name.get(name or self.default_name or "")
+
+    def env_references(self) -> set[str]:
+        """Names of the server's variables the catalogue reads through `os.environ/NAME` (keys, mostly)."""
+        names: set[str] = set()
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str):
+                if match := _ENV_REF.match(value):
+                    names.add(match.group(1))
+            elif isinstance(value, Mapping):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+
+        for entry in self._all:
+            walk(entry.params)
+            walk(entry.info)
+        return names
 
 
 @dataclass(slots=True)
@@ -192,7 +205,7 @@ class LLMClient:
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             trust_env=False,  # an HPC node's proxy variables must not reroute a local model endpoint
         )
-        self._log = log
+        self._log = log or logging.getLogger(__name__)
         self._litellm: asyncio.Future[Any] | None = None
         self._openai_clients: dict[tuple[str, str], Any] = {}
 
@@ -234,13 +247,14 @@ class LLMClient:
     async def _stream_lean(
         self, model: ModelEntry, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> AsyncIterator[Delta]:
-        url = str(model.param("api_base")).rstrip("/") + "/chat/completions"
+        url = endpoint_url(str(model.param("api_base")), "chat/completions")
         body = self._body(model, messages, tools)
         try:
             async with self._http.stream("POST", url, json=body, headers=self._headers(model)) as response:
                 if response.status_code >= 400:
-                    detail = _error_text(await response.aread())
-                    raise LLMError(f"The LLM answered {response.status_code}: {detail}", response.status_code)
+                    answer = await response.aread()
+                    status = response.status_code
+                    raise self._failure(model, url, f"answered HTTP {status}", status, answer, _error_text(answer))
                 lines = response.aiter_lines()
                 async for line in lines:
                     if not line.startswith("data:"):
@@ -255,16 +269,19 @@ class LLMClient:
                     try:
                         chunk = json.loads(data)
                     except ValueError as err:
-                        raise LLMError("The LLM sent a malformed stream chunk.") from err
+                        raise self._failure(model, url, "sent a malformed stream chunk.", answer=data) from err
                     if isinstance(chunk, dict) and chunk.get("error"):
-                        raise LLMError(f"The LLM reported an error: {_error_text(data.encode())}")
+                        detail = _error_text(data.encode())
+                        raise self._failure(model, url, "reported an error", answer=data, detail=detail)
                     delta = parse_chunk(chunk) if isinstance(chunk, dict) else None
                     if delta is not None:
                         yield delta
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            raise self._failure(model, url, _unreachable(err)) from err
         except httpx.TimeoutException as err:
-            raise LLMError(f"The LLM did not answer within {self.read_timeout:g} s.") from err
+            raise self._failure(model, url, f"did not answer within {self.read_timeout:g} s.") from err
         except httpx.HTTPError as err:
-            raise LLMError(f"The connection to the LLM failed: {type(err).__name__}.") from err
+            raise self._failure(model, url, f"broke off the connection ({type(err).__name__}: {err}).") from err
 
     async def _stream_litellm(
         self, model: ModelEntry, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -273,8 +290,8 @@ class LLMClient:
             litellm = await self.load_litellm()
         except ImportError as err:
             raise LLMError(
-                f"The model {model.name!r} needs litellm, which is not installed "
-                "(pip install 'freva_gpt_ext[litellm]')."
+                f"The model {model.name!r} needs litellm, which is not installed: pip install "
+                "'freva_gpt_ext[litellm]' (from a checkout: pip install '.[litellm]'), then restart the server."
             ) from err
         kwargs = {key: model.param(key) for key in model.params if key != "model"}
         if tools:
@@ -298,13 +315,53 @@ class LLMClient:
         except LLMError:
             raise
         except Exception as err:
-            status = getattr(err, "status_code", None)
-            message = str(getattr(err, "message", "") or err).strip()[:500]
-            if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
-                message = f"The LLM did not answer within {self.read_timeout:g} s."
-            raise LLMError(
-                f"The LLM answered {status}: {message}" if status else f"The LLM failed: {message}", status
-            ) from err
+            endpoint = str(kwargs.get("api_base") or model.provider_model.split("/", 1)[0])
+            raise self._litellm_failure(model, endpoint, err) from err
+
+    def _litellm_failure(self, model: ModelEntry, endpoint: str, err: Exception) -> LLMError:
+        """litellm's exceptions read as the lean path's: it reports a refused connection as HTTP 500."""
+        message = str(getattr(err, "message", "") or err).strip()
+        cause = getattr(err, "original_exception", None) or err.__cause__
+        if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
+            return self._failure(model, endpoint, f"did not answer within {self.read_timeout:g} s.")
+        if "Connection error" in message:
+            if "MidStream" in type(err).__name__ or (cause is not None and "MidStream" in type(cause).__name__):
+                return self._failure(model, endpoint, "broke off the connection.")
+            return self._failure(model, endpoint, _unreachable(err))
+        status = getattr(err, "status_code", None)
+        body = getattr(err, "body", None)
+        answer = json.dumps(body) if body is not None else message
+        # litellm prefixes its own class names: "litellm.X: X: OpenAIException - <the provider's words>"
+        text = _error_text(answer.encode()) if body is not None else message.rsplit(" - ", 1)[-1]
+        return self._failure(model, endpoint, f"answered HTTP {status}" if status else "failed", status, answer, text)
+
+    def _failure(
+        self,
+        model: ModelEntry,
+        endpoint: str,
+        problem: str,
+        status: int | None = None,
+        answer: Any = None,
+        detail: str = "",
+    ) -> LLMError:
+        """The error a user reads (the model, the endpoint's host, the problem and the provider's `detail`), after
+        logging what an admin needs (the endpoint without credentials, the status, the start of the provider's
+        answer); keys masked in both."""
+        secrets = self._secrets(model)
+        parts = [f"LLM failure: model {model.name!r} at {safe_url(endpoint)} {problem}"]
+        if status is not None:
+            parts.append(f"status {status}")
+        if answer:
+            raw = answer if isinstance(answer, bytes) else str(answer).encode()
+            parts.append("answer: " + mask_secrets(raw[:4096].decode(errors="replace"), secrets)[:300])
+        self._log.warning("%s", mask_secrets("; ".join(parts), secrets))
+        text = f"The model {model.name!r} ({host_of(endpoint)}) {problem}" + (f": {detail}" if detail else "")
+        return LLMError(mask_secrets(text, secrets), status)
+
+    def _secrets(self, model: ModelEntry) -> list[str]:
+        extra = model.params.get("extra_headers")
+        headers = [str(v) for v in extra.values()] if isinstance(extra, dict) else []
+        return [str(model.param("api_key") or ""), self._default_api_key or "", *headers]
 
     async def load_litellm(self) -> Any:
         """litellm, imported once, in a worker thread: seconds of CPU, and it must be told to stay offline."""
@@ -326,6 +383,20 @@ class LLMClient:
         """A whole (non-streamed) answer, for short side tasks."""
         parts = [d.text async for d in self.stream(model, messages)]
         return "".join(parts)
+
+
+def endpoint_url(api_base: str, path: str) -> str:
+    """`<api_base>/<path>`, keeping a query of the base (e.g. Azure's `?api-version=`) at the end."""
+    parts = urlsplit(api_base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + path))
+
+
+def _unreachable(err: Exception) -> str:
+    reason = str(err).strip() or type(err).__name__
+    return (
+        f"cannot be reached ({reason}): check that the server runs and the `api_base` of this model in the "
+        "model catalogue."
+    )
 
 
 async def _drain(lines: AsyncIterator[str]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,18 +70,24 @@ class Orchestrator:
         *,
         max_tool_rounds: int,
         tool_result_chars: int,
+        packages: Callable[[ToolContext], Awaitable[Mapping[str, str] | None]] | None = None,
     ) -> None:
         self.llm = llm
         self.prompts = prompts
         self.tools = tools
+        # What the turn's kernel has, if known (never waits for it): the prompt names only those packages.
+        self.packages = packages
         self.max_tool_rounds = max_tool_rounds
         self.tool_result_chars = tool_result_chars
 
     async def run(self, turn: TurnInput) -> AsyncIterator[Variant]:
         model = turn.model
         prompt_set = self.prompts.load(self.prompts.name_for(model.name, model.prompt_set))
+        packages = await self.packages(turn.ctx) if self.packages is not None else None
         # The history is converted once per turn; tool rounds only append to it.
-        messages = build_messages(prompt_set, turn.history, turn.user_input, vision=model.supports_vision)
+        messages = build_messages(
+            prompt_set, turn.history, turn.user_input, vision=model.supports_vision, packages=packages
+        )
         specs = [openai_function(t) for t in self.tools.values()] if model.supports_tools else []
         for round_no in range(self.max_tool_rounds + 1):
             if round_no:

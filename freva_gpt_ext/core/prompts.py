@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ..tools.kernel_probe import NATURAL_EARTH
 from ..variants import (
     ASSISTANT,
     CODE,
@@ -30,10 +32,13 @@ class PromptSet:
     starting: str
     summary: str
     examples: tuple[Variant, ...]
+    # `kernel/<name>.txt`: how to use a package, sent only when the kernel has it.
+    kernel_notes: Mapping[str, str]
 
 
 class PromptLibrary:
-    """Folders of prompt sets (`<set>/starting_prompt.txt`, `summary_prompt.txt`, optional `examples.jsonl`).
+    """Folders of prompt sets (`<set>/starting_prompt.txt`, `summary_prompt.txt`, optional `examples.jsonl` and
+    `kernel/<package>.txt`).
 
     A set is taken from the first folder that has it: a configured library first, then the built-in one.
     """
@@ -64,19 +69,57 @@ def _load_set(roots: tuple[Path, ...], name: str) -> PromptSet:
         for line in examples_file.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 examples.append(from_stored(json.loads(line)))
+    notes = {f.stem: f.read_text(encoding="utf-8").strip() for f in sorted(folder.glob("kernel/*.txt"))}
     return PromptSet(
         name=name,
         starting=(folder / "starting_prompt.txt").read_text(encoding="utf-8").strip(),
         summary=summary_file.read_text(encoding="utf-8").strip() if summary_file.is_file() else "",
         examples=tuple(examples),
+        kernel_notes=notes,
     )
 
 
+KERNEL_UNKNOWN = (
+    "THE KERNEL'S PACKAGES\nWhich optional packages the kernel has is not known yet: before you rely on a package "
+    "beyond the standard library, check it with `importlib.util.find_spec(name)`."
+)
+
+
+def kernel_section(prompt_set: PromptSet, packages: Mapping[str, str] | None) -> str:
+    """What the system prompt says about the kernel's packages: only those it has, nothing before the probe."""
+    if packages is None:
+        return KERNEL_UNKNOWN
+    names = [name for name in packages if name != NATURAL_EARTH]
+    listed = []
+    for name in names:
+        entry = f"{name} {packages[name]}"
+        if name == "cartopy":
+            has_data = NATURAL_EARTH in packages
+            entry += " (with Natural Earth data offline)" if has_data else " (without Natural Earth data offline)"
+        listed.append(entry)
+    have = ", ".join(listed) if listed else "none of the usual scientific packages"
+    parts = [
+        f"THE KERNEL'S PACKAGES\nBesides the standard library, the kernel has: {have}. Other packages may be "
+        "missing: check one with `importlib.util.find_spec(name)` before you rely on it."
+    ]
+    parts += [prompt_set.kernel_notes[name] for name in names if name in prompt_set.kernel_notes]
+    return "\n\n".join(parts)
+
+
 def build_messages(
-    prompt_set: PromptSet, history: list[Variant], user_input: str, *, vision: bool
+    prompt_set: PromptSet,
+    history: list[Variant],
+    user_input: str,
+    *,
+    vision: bool,
+    packages: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """System prompts, few-shot examples, the thread so far and the new user message, in that order."""
-    messages: list[dict[str, Any]] = [{"role": "system", "content": prompt_set.starting}]
+    """System prompts, few-shot examples, the thread so far and the new user message, in that order.
+
+    `packages`: what the kernel has ({import name: version}, see tools.kernel_probe); None while unknown.
+    """
+    starting = f"{prompt_set.starting}\n\n{kernel_section(prompt_set, packages)}"
+    messages: list[dict[str, Any]] = [{"role": "system", "content": starting}]
     messages.extend(to_messages(list(prompt_set.examples), vision=False))
     if prompt_set.summary:
         messages.append({"role": "system", "content": prompt_set.summary})

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import secrets
-import string
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 
 from .. import __version__
+from ..core.catalogue import NO_MODEL_HINT
+from ..core.turns import new_thread_id
 from .base import ApiError, ChatbotHandler
 from .spec import BY_NAME, ROUTES, docs_markdown, help_text, openapi
 
-_ALPHABET = string.ascii_letters + string.digits
-
-
-def new_thread_id() -> str:
-    """32 characters of [A-Za-z0-9]: about 190 bits, unguessable (ids double as share links)."""
-    return "".join(secrets.choice(_ALPHABET) for _ in range(32))
+# Why `availablechatbots` is empty (no catalogue, or a broken one).
+DETAIL_HEADER = "X-FrevaGPT-Detail"
 
 
 class PingHandler(ChatbotHandler):
@@ -25,6 +21,10 @@ class PingHandler(ChatbotHandler):
 
     @allow_unauthenticated
     async def get(self) -> None:
+        problem = self.service.catalogue_problem
+        if problem:
+            self.reply({"status": "degraded", "version": __version__, "detail": problem})
+            return
         self.reply({"status": "ok", "version": __version__})
 
     @allow_unauthenticated
@@ -67,7 +67,17 @@ class AvailableChatbotsHandler(ChatbotHandler):
     route_name = "availablechatbots"
 
     async def handle(self) -> None:
-        self.reply(self.app.catalogue.names)
+        names = self.service.catalogue.names
+        if not names:
+            # Clients expect a list: the reason rides along in a header (the whole text is in `ping`).
+            self.set_header(DETAIL_HEADER, header_line(self.service.catalogue_problem or NO_MODEL_HINT))
+        self.reply(names)
+
+
+def header_line(text: str, limit: int = 200) -> str:
+    """`text` as one ASCII line of at most `limit` characters: a header value holds no line breaks."""
+    line = " ".join(text.split()).encode("ascii", "replace").decode("ascii")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class NewThreadHandler(ChatbotHandler):

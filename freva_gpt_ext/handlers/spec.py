@@ -23,21 +23,33 @@ class Route:
     params: tuple[Param, ...] = field(default_factory=tuple)
     answer: str = "application/json"
     authenticated: bool = True
+    # What the authorizer is asked for (jupyter_server's actions), whatever the HTTP method: `read`, `write`
+    # (changes something) or `execute` (may run code). Every route but `read` needs XSRF from cookie sessions.
+    action: str = "read"
 
 
 THREAD = Param("thread_id", "string", "Thread id (`[A-Za-z0-9_-]{1,64}`).", required=True)
 PAGING = (
-    Param("num_threads", "integer", "Page size, 1-100 (default 20)."),
+    Param("num_threads", "integer", "Page size (default 20); above 100 counts as 100."),
     Param("page", "integer", "0-based page number (default 0)."),
 )
 SHOW_TOOLS = Param("show_tools", "boolean", "Include ToolCall/ToolOutput variants (default false).")
 
 ROUTES: tuple[Route, ...] = (
-    Route("ping", "Liveness check: `{status, version}`. Needs no authentication.", authenticated=False),
+    Route(
+        "ping",
+        'Liveness check: `{status: "ok", version}`, or `{status: "degraded", version, detail}` when the model '
+        "catalogue cannot be used (`detail` says where and what to fix). Needs no authentication.",
+        authenticated=False,
+    ),
     Route("help", "Help on every route, or on one.", (Param("endpoint", "string", "Name of one route."),)),
     Route("docs", "Human-readable documentation of this API.", answer="text/markdown"),
     Route("openapi.json", "The OpenAPI 3 document of this API."),
-    Route("availablechatbots", "Names of the chat models in catalogue order; the first is the default."),
+    Route(
+        "availablechatbots",
+        "Names of the chat models in catalogue order; the first is the default. An empty list comes with the "
+        "reason (a broken or missing catalogue) in the header `X-FrevaGPT-Detail` (one line, at most 200 characters).",
+    ),
     Route("newthread", "A fresh, unguessable thread id (nothing is recorded)."),
     Route(
         "streamresponse",
@@ -55,10 +67,17 @@ ROUTES: tuple[Route, ...] = (
             SHOW_TOOLS,
             Param("kernel_id", "string", "Run code in this Jupyter kernel (Jupyter only)."),
             Param("notebook_path", "string", "Run code in the kernel of this notebook (Jupyter only)."),
+            Param(
+                "replay_forked_code",
+                "boolean",
+                "When a fresh kernel replays the thread's earlier code, include code that came with a fork of "
+                "another user's thread (default false: only your own runs; a `not_replayed` hint counts the rest).",
+            ),
         ),
         answer="application/x-ndjson",
+        action="execute",
     ),
-    Route("stop", "Stop the thread's running answer.", (THREAD,)),
+    Route("stop", "Stop the thread's running answer.", (THREAD,), action="write"),
     Route("getthread", "The stored variants of a thread.", (THREAD, SHOW_TOOLS)),
     Route("getuserthreads", "The caller's threads, newest activity first: `[[threads], total]`.", PAGING),
     Route(
@@ -70,15 +89,18 @@ ROUTES: tuple[Route, ...] = (
         "setthreadtopic",
         "Rename a thread.",
         (THREAD, Param("topic", "string", "The new topic.", required=True)),
+        action="write",
     ),
-    Route("deletethread", "Delete a thread, its feedback and its kernel (files stay).", (THREAD,)),
+    Route("deletethread", "Delete a thread, its feedback and its kernel (files stay).", (THREAD,), action="write"),
     Route(
         "editthread",
         "Fork a thread before one of its user messages: `{new_thread_id, history}`.",
         (
             Param("source_thread_id", "string", "The thread to fork.", required=True),
             Param("user_index", "integer", "0-based index among the thread's User messages.", required=True),
+            SHOW_TOOLS,
         ),
+        action="write",
     ),
     Route(
         "userfeedback",
@@ -88,6 +110,7 @@ ROUTES: tuple[Route, ...] = (
             Param("feedback_index", "integer", "0-based index among Assistant and Code messages.", required=True),
             Param("feedback", "string", "`up`, `down`, free text, or `remove`.", required=True),
         ),
+        action="write",
     ),
 )
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from ..core.turns import fork_index, new_thread_id
 from ..variants import TOOL_VARIANTS, USER, history_with_interruptions
 from .base import ApiError, ChatbotHandler
-from .meta import new_thread_id
 
 MAX_PAGE = 100
+MAX_QUERY = 1000
+
+
+class PagedHandler(ChatbotHandler):
+    def paging(self) -> tuple[int, int]:
+        """(page size, page); a larger page size than MAX_PAGE is served as MAX_PAGE, as the upstream does."""
+        limit = min(self.int_param("num_threads", default=20, low=1), MAX_PAGE)
+        return limit, self.int_param("page", default=0)
 
 
 class GetThreadHandler(ChatbotHandler):
@@ -21,25 +29,26 @@ class GetThreadHandler(ChatbotHandler):
         self.reply([v.to_dict() for v in variants if show_tools or v.variant not in TOOL_VARIANTS])
 
 
-class UserThreadsHandler(ChatbotHandler):
+class UserThreadsHandler(PagedHandler):
     route_name = "getuserthreads"
 
     async def handle(self) -> None:
-        limit = self.int_param("num_threads", default=20, low=1, high=MAX_PAGE)
-        page = self.int_param("page", default=0)
+        limit, page = self.paging()
         threads, total = await self.store_for().list_threads(self.owner, limit, page * limit)
         self.reply([[t.listing() for t in threads], total])
 
 
-class SearchThreadsHandler(ChatbotHandler):
+class SearchThreadsHandler(PagedHandler):
     route_name = "searchthreads"
 
     async def handle(self) -> None:
         query = self.str_param("query", required=True) or ""
         if not query.strip():
             raise ApiError(422, "The parameter 'query' must not be empty.")
-        limit = self.int_param("num_threads", default=20, low=1, high=MAX_PAGE)
-        page = self.int_param("page", default=0)
+        if len(query) > MAX_QUERY:
+            # SQLite refuses long LIKE patterns; no one searches for more than a sentence.
+            raise ApiError(413, f"The query is longer than {MAX_QUERY} characters.")
+        limit, page = self.paging()
         threads, total = await self.store_for().search(self.owner, query.strip(), limit, page * limit)
         self.reply([[t.listing() for t in threads], total])
 
@@ -70,7 +79,7 @@ class DeleteThreadHandler(ChatbotHandler):
         if await store.lease_holder(thread_id) is not None:
             raise ApiError(409, "The thread is streaming; stop it first.")
         await store.delete(thread_id)
-        await self.app.close_thread(thread_id)
+        await self.service.close_thread(thread_id)
         self.reply({"detail": "Thread deleted."})
 
 
@@ -80,6 +89,7 @@ class EditThreadHandler(ChatbotHandler):
     async def handle(self) -> None:
         source = self.thread_param("source_thread_id")
         user_index = self.int_param("user_index")
+        show_tools = self.bool_param("show_tools", False)
         store = self.store_for()
         info = await self.readable_thread(store, source)
         variants = history_with_interruptions(await store.read(source))
@@ -91,8 +101,10 @@ class EditThreadHandler(ChatbotHandler):
             )
         history = variants[: user_positions[user_index]]
         new_id = new_thread_id()
-        await store.fork(source, new_id, self.owner, history, info.topic)
-        self.reply({"new_thread_id": new_id, "history": [v.to_dict() for v in history]})
+        start = fork_index(info, self.owner, len(history))
+        await store.fork(source, new_id, self.owner, history, info.topic, fork_from_index=start)
+        shown = [v.to_dict() for v in history if show_tools or v.variant not in TOOL_VARIANTS]
+        self.reply({"new_thread_id": new_id, "history": shown})
 
 
 class FeedbackHandler(ChatbotHandler):

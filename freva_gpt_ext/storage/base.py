@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 from ..variants import Variant
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` with every surrogate code point replaced by U+FFFD.
+
+    A lone surrogate (from a JSON escape such as `"\\ud800"`, or bytes decoded with `surrogateescape`) has no
+    UTF-8 form: a database cannot store it and a client cannot decode it. Stores apply this to all text.
+    """
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 @dataclass(slots=True)
@@ -17,6 +29,9 @@ class ThreadInfo:
     user_id: str
     topic: str
     updated: float  # POSIX seconds of the last activity
+    # For a fork: the index of the first variant the new owner added; those before came from another
+    # user's thread. None for a thread that is not a fork.
+    fork_from_index: int | None = None
 
     def listing(self) -> dict[str, str]:
         date = datetime.fromtimestamp(self.updated, tz=UTC).isoformat().replace("+00:00", "Z")
@@ -33,7 +48,8 @@ class ThreadStore(Protocol):
 
     Writes (`create`, `append`, `extend_last`) may be buffered by the store so that many stream fragments
     cost one transaction; `sync()` makes everything written so far durable and must be awaited before a
-    client is shown what was written. Reads always see every earlier write.
+    client is shown what was written. Reads always see every earlier write. Text is stored with lone
+    surrogates replaced (`clean_text`).
     """
 
     async def create(self, thread_id: str, user_id: str, topic: str = "") -> None:
@@ -48,8 +64,12 @@ class ThreadStore(Protocol):
     async def extend_last(self, thread_id: str, text: str) -> None:
         """Concatenate `text` to the string content of the thread's last variant (a streamed run)."""
 
-    async def sync(self) -> None:
-        """Make every write so far durable."""
+    async def sync(self, thread_id: str | None = None) -> None:
+        """Make every write so far (to `thread_id`, or to any thread) durable.
+
+        Raises `StoreError` when a buffered write (of that thread) failed since the last `sync` that
+        reported it; the failed write is dropped, later ones proceed.
+        """
 
     async def read(self, thread_id: str) -> list[Variant]:
         """All variants of the thread in order (empty when unknown)."""
@@ -65,8 +85,20 @@ class ThreadStore(Protocol):
     async def delete(self, thread_id: str) -> None:
         """Remove the thread with its feedback and lease."""
 
-    async def fork(self, source_id: str, new_id: str, user_id: str, variants: list[Variant], topic: str) -> None:
-        """Create `new_id` for `user_id` holding `variants` (taken from `source_id`), in one step."""
+    async def fork(
+        self,
+        source_id: str,
+        new_id: str,
+        user_id: str,
+        variants: list[Variant],
+        topic: str,
+        *,
+        fork_from_index: int | None = None,
+    ) -> None:
+        """Create `new_id` for `user_id` holding `variants` (taken from `source_id`), in one step.
+
+        `fork_from_index` (returned by `info()`) records where the new owner's own part of the thread begins.
+        """
 
     async def set_feedback(self, thread_id: str, index: int, feedback: str | None) -> bool:
         """Set (or with None remove) feedback on the `index`-th Assistant/Code variant.

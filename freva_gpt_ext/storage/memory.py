@@ -1,18 +1,24 @@
 """A thread store in process memory, for turns with `store_thread=false`: nothing reaches a disk.
 
-Bounded: the least recently used threads are dropped beyond `max_threads`, so a server that runs for
-months does not grow without limit.
+Bounded by thread count and by bytes of content (plots can be megabytes each): the least recently used
+threads are dropped beyond `max_threads` or `max_bytes`, so a server that runs for months does not grow
+without limit. A single thread may not outgrow `max_bytes` alone: the write that would make it larger fails
+with `StoreError` (its turn ends with an error) rather than silently dropping the thread being written.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from ..variants import ASSISTANT, FEEDBACK_VARIANTS, USER, Variant
-from .base import StoreError, ThreadInfo
+from .base import StoreError, ThreadInfo, clean_text
+
+# Bytes counted per variant besides its content: the object and its short fields.
+_VARIANT_OVERHEAD = 200
 
 
 @dataclass(slots=True)
@@ -21,6 +27,8 @@ class _Thread:
     topic: str
     updated: float
     variants: list[Variant] = field(default_factory=list)
+    fork_from_index: int | None = None
+    size: int = 0  # bytes of its variants, as `_stored` counts them
 
 
 @dataclass(slots=True)
@@ -37,6 +45,22 @@ def _copy(variant: Variant) -> Variant:
     return replace(variant, content=copy.deepcopy(variant.content))
 
 
+def _stored(variant: Variant) -> tuple[Variant, int]:
+    """A private copy of `variant` with its text cleaned (as SQLite stores it), and its size in bytes."""
+    content = variant.content
+    if isinstance(content, str):
+        content = clean_text(content)
+        size = len(content)
+    else:
+        try:
+            dumped = clean_text(json.dumps(content, ensure_ascii=False, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"Variant content cannot be stored: {exc}") from exc
+        content, size = json.loads(dumped), len(dumped)
+    feedback = None if variant.feedback is None else clean_text(variant.feedback)
+    return replace(variant, content=content, feedback=feedback), size + _VARIANT_OVERHEAD
+
+
 def _matches(thread: _Thread, needle: str) -> bool:
     if needle in thread.topic.casefold():
         return True
@@ -46,13 +70,19 @@ def _matches(thread: _Thread, needle: str) -> bool:
     )
 
 
+def _info(thread_id: str, thread: _Thread) -> ThreadInfo:
+    return ThreadInfo(thread_id, thread.user_id, thread.topic, thread.updated, thread.fork_from_index)
+
+
 class MemoryThreadStore:
     """`ThreadStore` held in this process only; every write is immediately visible, `sync()` is a no-op."""
 
-    def __init__(self, max_threads: int = 1000) -> None:
-        if max_threads < 1:
-            raise ValueError("max_threads must be at least 1")
+    def __init__(self, max_threads: int = 1000, max_bytes: int = 256 * 1024 * 1024) -> None:
+        if max_threads < 1 or max_bytes < 1:
+            raise ValueError("max_threads and max_bytes must be at least 1")
         self._max_threads = max_threads
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._threads: OrderedDict[str, _Thread] = OrderedDict()
         self._leases: dict[str, _Lease] = {}
         self._last_time = 0.0
@@ -76,38 +106,62 @@ class MemoryThreadStore:
         return thread
 
     def _add(self, thread_id: str, thread: _Thread) -> None:
+        self._check_size(thread_id, thread.size)
         self._threads[thread_id] = thread
         self._threads.move_to_end(thread_id)
-        while len(self._threads) > self._max_threads:
-            self._threads.popitem(last=False)
+        self._bytes += thread.size
+        self._evict()
+
+    def _check_size(self, thread_id: str, size: int) -> None:
+        if size > self._max_bytes:
+            raise StoreError(
+                f"Thread {thread_id!r} would hold more than {self._max_bytes} bytes, the bound of threads kept "
+                "in memory (store_thread=false; FREVAGPT_MEMORY_BYTES)."
+            )
+
+    def _grow(self, thread_id: str, thread: _Thread, size: int) -> None:
+        self._check_size(thread_id, thread.size + size)
+        thread.size += size
+        self._bytes += size
+        self._evict()
+
+    def _evict(self) -> None:
+        # The thread just written is the most recently used one and fits alone: it is never the one dropped.
+        while len(self._threads) > self._max_threads or self._bytes > self._max_bytes:
+            _, dropped = self._threads.popitem(last=False)
+            self._bytes -= dropped.size
 
     def _page(self, threads: list[tuple[str, _Thread]], limit: int, offset: int) -> tuple[list[ThreadInfo], int]:
         threads.sort(key=lambda item: (-item[1].updated, item[0]))
         start = max(0, offset)
         page = threads[start : start + max(0, limit)]
-        return [ThreadInfo(tid, t.user_id, t.topic, t.updated) for tid, t in page], len(threads)
+        return [_info(tid, t) for tid, t in page], len(threads)
 
     async def create(self, thread_id: str, user_id: str, topic: str = "") -> None:
         if self._get(thread_id) is None:
-            self._add(thread_id, _Thread(user_id, topic, self._now()))
+            self._add(thread_id, _Thread(clean_text(user_id), clean_text(topic), self._now()))
 
     async def info(self, thread_id: str) -> ThreadInfo | None:
         thread = self._get(thread_id)
         if thread is None:
             return None
-        return ThreadInfo(thread_id, thread.user_id, thread.topic, thread.updated)
+        return _info(thread_id, thread)
 
     async def append(self, thread_id: str, variant: Variant) -> None:
         thread = self._require(thread_id)
-        thread.variants.append(_copy(variant))
+        stored, size = _stored(variant)
+        self._grow(thread_id, thread, size)
+        thread.variants.append(stored)
         thread.updated = self._now()
 
     async def extend_last(self, thread_id: str, text: str) -> None:
         thread = self._require(thread_id)
         if thread.variants and isinstance(thread.variants[-1].content, str):
+            text = clean_text(text)
+            self._grow(thread_id, thread, len(text))
             thread.variants[-1].content += text
 
-    async def sync(self) -> None:
+    async def sync(self, thread_id: str | None = None) -> None:
         return None
 
     async def read(self, thread_id: str) -> list[Variant]:
@@ -119,23 +173,43 @@ class MemoryThreadStore:
         return self._page(mine, limit, offset)
 
     async def search(self, user_id: str, query: str, limit: int, offset: int) -> tuple[list[ThreadInfo], int]:
-        needle = query.casefold()
+        needle = clean_text(query).casefold()
         found = [(tid, t) for tid, t in self._threads.items() if t.user_id == user_id and _matches(t, needle)]
         return self._page(found, limit, offset)
 
     async def set_topic(self, thread_id: str, topic: str) -> None:
         thread = self._get(thread_id)
         if thread is not None:
-            thread.topic = topic
+            thread.topic = clean_text(topic)
 
     async def delete(self, thread_id: str) -> None:
-        self._threads.pop(thread_id, None)
+        thread = self._threads.pop(thread_id, None)
+        if thread is not None:
+            self._bytes -= thread.size
         self._leases.pop(thread_id, None)
 
-    async def fork(self, source_id: str, new_id: str, user_id: str, variants: list[Variant], topic: str) -> None:
+    async def fork(
+        self,
+        source_id: str,
+        new_id: str,
+        user_id: str,
+        variants: list[Variant],
+        topic: str,
+        *,
+        fork_from_index: int | None = None,
+    ) -> None:
         if new_id in self._threads:
             raise StoreError(f"Cannot fork {source_id!r}: thread {new_id!r} already exists.")
-        self._add(new_id, _Thread(user_id, topic, self._now(), [_copy(v) for v in variants]))
+        stored = [_stored(v) for v in variants]
+        thread = _Thread(
+            clean_text(user_id),
+            clean_text(topic),
+            self._now(),
+            [v for v, _ in stored],
+            fork_from_index,
+            sum(size for _, size in stored),
+        )
+        self._add(new_id, thread)
 
     async def set_feedback(self, thread_id: str, index: int, feedback: str | None) -> bool:
         thread = self._get(thread_id)
@@ -147,7 +221,7 @@ class MemoryThreadStore:
         target = numbered[index]
         if feedback is None and target.feedback is None:
             return False
-        target.feedback = feedback
+        target.feedback = None if feedback is None else clean_text(feedback)
         return True
 
     def _live_lease(self, thread_id: str) -> _Lease | None:
@@ -198,3 +272,4 @@ class MemoryThreadStore:
     async def aclose(self) -> None:
         self._threads.clear()
         self._leases.clear()
+        self._bytes = 0

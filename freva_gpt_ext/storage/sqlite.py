@@ -1,9 +1,18 @@
 """The embedded thread store: one SQLite file that every server process on the same data dir shares.
 
-Stream fragments arrive on the event loop many times a second, so writes are buffered in memory and
-committed together: by `sync()`, by every read, and by a flush scheduled with `loop.call_soon` as soon as
-the first buffered write arrives. Leases and the stop flag are never buffered: another process must see
-them at once.
+SQLite never runs on the event loop. Writes run in order on one writer thread with its own connection;
+reads run on a second, read-only connection in a reader thread (under WAL a reader never waits for a
+writer, not even for another process holding the write lock).
+
+Stream fragments arrive many times a second, so `create`, `append` and `extend_last` are buffered on the
+loop and handed to the writer as one transaction whenever it is free: while it is busy (or waits for a lock
+held by another process) fragments keep coalescing. A read waits only for the buffered writes it could
+see (of its thread, or of its user's threads), so a stalled write delays no one else. Leases and the stop
+flag are never buffered: another process must see them at once.
+
+A lock held by another process delays writes up to `busy_timeout` seconds; beyond, they fail. A write that
+fails is dropped with a logged error and reported to the next `sync()` of its thread as `StoreError`; it
+never holds up later writes, and one thread's bad write does not fail another thread's.
 """
 
 from __future__ import annotations
@@ -12,33 +21,35 @@ import asyncio
 import contextlib
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..variants import ASSISTANT, CODE, USER, Variant
-from .base import StoreError, ThreadInfo
+from .base import StoreError, ThreadInfo, clean_text
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-# Long enough to wait out another process's commit, short enough not to freeze the event loop for long.
-BUSY_TIMEOUT_S = 5.0
+# 2 added threads.fork_from_index.
+SCHEMA_VERSION = 2
+DEFAULT_BUSY_TIMEOUT_S = 30.0
 # Bound of the cache of thread ids known to exist (it only saves one indexed lookup per thread).
 _KNOWN_LIMIT = 10_000
 
-_SCHEMA = f"""
-BEGIN IMMEDIATE;
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS threads (
     thread_id TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,
     topic TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    fork_from_index INTEGER
 );
 CREATE INDEX IF NOT EXISTS threads_by_user ON threads (user_id, updated DESC);
 CREATE TABLE IF NOT EXISTS variants (
@@ -59,9 +70,10 @@ CREATE TABLE IF NOT EXISTS leases (
     expires REAL NOT NULL,
     stop INTEGER NOT NULL DEFAULT 0
 );
-PRAGMA user_version = {SCHEMA_VERSION};
-COMMIT;
 """
+
+# Statements that take a database of schema version N (the key) to N + 1.
+_MIGRATIONS: dict[int, list[str]] = {1: ["ALTER TABLE threads ADD COLUMN fork_from_index INTEGER"]}
 
 _INSERT_THREAD = """
 INSERT OR IGNORE INTO threads (thread_id, user_id, topic, created, updated) VALUES (?, ?, ?, ?, ?)
@@ -81,7 +93,7 @@ WHERE thread_id = :tid AND is_json = 0
   AND seq = (SELECT MAX(seq) FROM variants WHERE thread_id = :tid)
 """
 _TOUCH = "UPDATE threads SET updated = MAX(updated, ?) WHERE thread_id = ?"
-_SELECT_INFO = "SELECT thread_id, user_id, topic, updated FROM threads"
+_SELECT_INFO = "SELECT thread_id, user_id, topic, updated, fork_from_index FROM threads"
 _SEARCH = (
     _SELECT_INFO
     + """ AS t WHERE user_id = :user AND ({topic} OR EXISTS (
@@ -116,14 +128,54 @@ class _Extend:
     parts: list[str]
 
 
+_Op = _Create | _Append | _Extend
+
+
+def _is_busy(exc: BaseException) -> bool:
+    # SQLITE_BUSY / SQLITE_LOCKED and their extended codes: another connection holds the lock.
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in (5, 6)
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # BEGIN IMMEDIATE takes the write lock up front instead of failing to upgrade a read lock under contention.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _encode(content: Any) -> tuple[str, int]:
     # Text stays raw so a streamed run is extended in SQL (`content || ?`) without reading it back.
     if isinstance(content, str):
-        return content, 0
+        return clean_text(content), 0
     try:
-        return json.dumps(content, ensure_ascii=False, allow_nan=False), 1
+        return clean_text(json.dumps(content, ensure_ascii=False, allow_nan=False)), 1
     except (TypeError, ValueError) as exc:
         raise StoreError(f"Variant content cannot be stored: {exc}") from exc
+
+
+def _clean_optional(text: str | None) -> str | None:
+    return None if text is None else clean_text(text)
+
+
+def _row(thread_id: str, variant: Variant) -> dict[str, Any]:
+    content, is_json = _encode(variant.content)
+    return {
+        "tid": thread_id,
+        "variant": variant.variant,
+        "content": content,
+        "is_json": is_json,
+        "vid": _clean_optional(variant.id),
+        "tool_name": _clean_optional(variant.tool_name),
+        "model": _clean_optional(variant.model),
+        "feedback": _clean_optional(variant.feedback),
+    }
 
 
 def _decode(content: str | None, is_json: int) -> Any:
@@ -140,36 +192,91 @@ def _casefold_contains(text: str | None, needle: str) -> bool:
 
 
 def _infos(rows: Sequence[tuple[Any, ...]]) -> list[ThreadInfo]:
-    return [ThreadInfo(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+    return [ThreadInfo(str(r[0]), str(r[1]), str(r[2]), float(r[3]), r[4]) for r in rows]
+
+
+class _Worker:
+    """One thread that runs submitted calls in order and hands their results back to the event loop.
+
+    A plain queue and `call_soon_threadsafe`: half the cost of a `ThreadPoolExecutor` round trip, which
+    matters for a store that commits every few milliseconds while an answer streams.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((work, future))
+        return future
+
+    def stop(self) -> None:
+        """The thread ends after the calls submitted so far."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            work, future = item
+            try:
+                outcome: tuple[Any, BaseException | None] = (work(), None)
+            except Exception as exc:
+                outcome = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                future.get_loop().call_soon_threadsafe(_settle, future, *outcome)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():  # the caller gave up waiting; the work was done all the same
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 class SQLiteThreadStore:
     """`ThreadStore` over one SQLite file; safe to share between processes on one machine."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         self._path = Path(path)
-        self._ops: list[_Create | _Append | _Extend] = []
+        self._busy_timeout = busy_timeout
+        # Loop side: the batch being buffered, numbered; batches are written in order of their numbers.
+        self._ops: list[_Op] = []
         # Per thread: the buffered op that holds the text of its last variant, so consecutive
         # `extend_last` calls coalesce into one string instead of one UPDATE each.
         self._tail: dict[str, _Append | _Extend] = {}
-        self._known: set[str] = set()
+        self._batch = 1
+        self._written = 0  # the last batch the writer finished
+        self._in_flight = 0
         self._flush_scheduled = False
+        self._batch_done: dict[int, asyncio.Future[None]] = {}
+        # The last batch holding a write to a thread / to a thread of a user: what a read has to wait for.
+        self._pending_threads: dict[str, int] = {}
+        self._pending_users: dict[str, int] = {}
+        self._failed: dict[str, StoreError] = {}  # thread -> its dropped write, until a `sync` reports it
+        self._owners: dict[str, str] = {}  # threads known to exist -> their user (saves a lookup per write)
         self._last_time = 0.0
-        self._reader: sqlite3.Connection | None = None
-        self._read_lock = threading.Lock()
         self._closed = False
+        # Writer side (touched only by the writer thread): threads whose last variant was dropped, so a
+        # later `extend_last` must not lengthen the variant before it.
+        self._lost_tails: set[str] = set()
         self._conn = self._open()
+        self._reader: sqlite3.Connection | None = None
+        self._writer = _Worker("frevagpt-store-writer")
+        self._reader_thread = _Worker("frevagpt-store-reader")
 
     @property
     def path(self) -> Path:
         return self._path
 
     def _open(self) -> sqlite3.Connection:
+        # At start-up, before the event loop serves anyone.
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE, so a writer takes
-            # the write lock up front instead of failing to upgrade a read lock under contention.
-            conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"Cannot open the thread database {self._path}: {exc}") from exc
         try:
@@ -181,13 +288,8 @@ class SQLiteThreadStore:
                     mode,
                 )
             conn.execute("PRAGMA synchronous = NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"The thread database {self._path} has schema version {version}, newer than this "
-                    f"server understands ({SCHEMA_VERSION}); upgrade freva-gpt-ext."
-                )
-            conn.executescript(_SCHEMA)
+            with _transaction(conn):
+                self._migrate(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"Cannot open the thread database {self._path}: {exc}") from exc
@@ -196,15 +298,40 @@ class SQLiteThreadStore:
             raise
         return conn
 
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # Inside the write transaction: of several servers starting on one file, one migrates, the others
+        # then see the new version.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"The thread database {self._path} has schema version {version}, newer than this "
+                f"server understands ({SCHEMA_VERSION}); upgrade freva-gpt-ext."
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _error(self, exc: sqlite3.Error) -> StoreError:
-        return StoreError(f"The thread database {self._path} failed: {exc}")
+    def _error(self, exc: BaseException) -> StoreError:
+        if _is_busy(exc):
+            return StoreError(
+                f"The thread database {self._path} stayed locked by another process for more than "
+                f"{self._busy_timeout:g} s."
+            )
+        return StoreError(f"The thread database {self._path} failed: {type(exc).__name__}: {exc}")
 
-    def _db(self) -> sqlite3.Connection:
+    def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"The thread database {self._path} is closed.")
-        return self._conn
 
     def _now(self) -> float:
         # Strictly increasing within the process, so activity order is exact even for writes that fall
@@ -213,138 +340,235 @@ class SQLiteThreadStore:
         self._last_time = now
         return now
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._db()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
+    async def _in_thread(self, worker: _Worker, work: Callable[[], T]) -> T:
+        self._check_open()
+
+        def guarded() -> T:
+            try:
+                return work()
+            except StoreError:
+                raise
+            except Exception as exc:  # sqlite3 errors, and text SQLite cannot bind
                 raise self._error(exc) from exc
-            raise
 
-    def _query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._db().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self._error(exc) from exc
+        return await worker.submit(guarded)
 
-    def _remember(self, thread_id: str) -> None:
-        if len(self._known) >= _KNOWN_LIMIT:
-            self._known.clear()
-        self._known.add(thread_id)
+    async def _write(self, work: Callable[[sqlite3.Connection], T], *, after_buffered: bool = True) -> T:
+        """Run `work` in one transaction on the writer thread, after the writes buffered so far."""
+        if after_buffered:
+            self._submit()
 
-    def _require_thread(self, thread_id: str) -> None:
-        if thread_id in self._known:
+        def transaction() -> T:
+            with _transaction(self._conn):
+                return work(self._conn)
+
+        return await self._in_thread(self._writer, transaction)
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._in_thread(self._reader_thread, lambda: work(self._read_connection()))
+
+    def _read_connection(self) -> sqlite3.Connection:
+        if self._reader is None:
+            uri = self._path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout, isolation_level=None)
+            conn.create_function("casefold_contains", 2, _casefold_contains, deterministic=True)
+            self._reader = conn
+        return self._reader
+
+    def _remember(self, thread_id: str, user_id: str) -> None:
+        if len(self._owners) >= _KNOWN_LIMIT:
+            self._owners.clear()
+        self._owners[thread_id] = user_id
+
+    async def _require_thread(self, thread_id: str) -> None:
+        if thread_id in self._owners:
             return
-        if not self._query("SELECT 1 FROM threads WHERE thread_id = ?", (thread_id,)):
+        await self._wait(self._pending_threads.get(thread_id))
+        rows = await self._read(
+            lambda c: c.execute("SELECT user_id FROM threads WHERE thread_id = ?", (thread_id,)).fetchall()
+        )
+        if not rows:
             raise StoreError(f"Thread {thread_id!r} does not exist; create it first.")
-        self._remember(thread_id)
+        self._remember(thread_id, str(rows[0][0]))
 
-    def _schedule_flush(self) -> None:
-        if self._flush_scheduled:
-            return
-        self._flush_scheduled = True
-        asyncio.get_running_loop().call_soon(self._auto_flush)
+    # -- the write buffer -------------------------------------------------------------------------
+
+    def _buffer(self, thread_id: str, op: _Op | None) -> None:
+        """Note a buffered write to `thread_id` (`op` joins the batch unless it was merged into one)."""
+        self._check_open()
+        if op is not None:
+            self._ops.append(op)
+        batch = self._batch
+        if batch not in self._batch_done:
+            self._batch_done[batch] = asyncio.get_running_loop().create_future()
+        self._pending_threads[thread_id] = batch
+        user = self._owners.get(thread_id)
+        if user is not None:
+            self._pending_users[user] = batch
+        if not self._flush_scheduled and not self._in_flight:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._auto_flush)
 
     def _auto_flush(self) -> None:
         self._flush_scheduled = False
-        if self._closed:
-            return
-        try:
-            self._flush()
-        except StoreError:
-            # Nobody awaits this callback; the writes stay buffered and the next write or sync retries.
-            log.exception("Writing buffered thread variants failed; will retry")
+        # While a batch is being written, writes keep coalescing; its completion submits them.
+        if not self._in_flight:
+            self._submit()
 
-    def _flush(self) -> None:
+    def _submit(self) -> None:
+        """Hand the buffered writes to the writer thread as one batch."""
         if not self._ops:
             return
-        touched: dict[str, float] = {}
-        with self._write() as conn:
-            for op in self._ops:
-                if isinstance(op, _Create):
-                    conn.execute(_INSERT_THREAD, (op.thread_id, op.user_id, op.topic, op.at, op.at))
-                elif isinstance(op, _Append):
-                    row = op.row
-                    if op.more:
-                        row = {**row, "content": row["content"] + "".join(op.more)}
-                    conn.execute(_INSERT_VARIANT, row)
-                    touched[op.thread_id] = op.at
-                else:
-                    conn.execute(_EXTEND_LAST, {"tid": op.thread_id, "text": "".join(op.parts)})
-            for thread_id, at in touched.items():
-                conn.execute(_TOUCH, (at, thread_id))
-        # Cleared only after the commit: a failed flush keeps everything for the retry.
+        ops, batch = self._ops, self._batch
         self._ops = []
         self._tail.clear()
+        self._batch += 1
+        self._in_flight += 1
+        future = self._writer.submit(lambda: self._write_batch(ops))
+        future.add_done_callback(lambda f: self._finished(batch, f))
+
+    def _finished(self, batch: int, future: asyncio.Future[dict[str, StoreError]]) -> None:
+        self._in_flight -= 1
+        self._written = batch
+        failed = future.result()  # `_write_batch` reports failures, it never raises
+        self._failed.update(failed)
+        self._pending_threads = {t: b for t, b in self._pending_threads.items() if b > batch}
+        self._pending_users = {u: b for u, b in self._pending_users.items() if b > batch}
+        done = self._batch_done.pop(batch, None)
+        if done is not None and not done.done():
+            done.set_result(None)
+        if self._ops and not self._in_flight:
+            self._submit()
+
+    async def _wait(self, batch: int | None) -> None:
+        """Until the writer has finished `batch` (written or dropped); a buffered batch is on its way already."""
+        if batch is None or batch <= self._written:
+            return
+        done = self._batch_done.get(batch)
+        if done is not None:
+            await asyncio.shield(done)
+
+    # -- the writer thread ------------------------------------------------------------------------
+
+    def _write_batch(self, ops: list[_Op]) -> dict[str, StoreError]:
+        """Write `ops` in one transaction; returns the threads whose writes were dropped."""
+        try:
+            with _transaction(self._conn):
+                self._apply(ops, isolated=False)
+            return {}
+        except Exception as exc:
+            if _is_busy(exc):
+                return self._drop(ops, exc)
+        # One op failed; find it: each op in its own savepoint, so the others are still written.
+        try:
+            with _transaction(self._conn):
+                return self._apply(ops, isolated=True)
+        except Exception as exc:
+            return self._drop(ops, exc)
+
+    def _apply(self, ops: list[_Op], *, isolated: bool) -> dict[str, StoreError]:
+        conn = self._conn
+        failed: dict[str, StoreError] = {}
+        touched: dict[str, float] = {}
+        for op in ops:
+            if isolated:
+                conn.execute("SAVEPOINT op")
+            try:
+                self._apply_one(conn, op, touched)
+            except Exception as exc:
+                if not isolated or _is_busy(exc):
+                    raise
+                conn.execute("ROLLBACK TO op")
+                failed[op.thread_id] = self._error(exc)
+                if not isinstance(op, _Create):
+                    self._lost_tails.add(op.thread_id)
+                log.error("Dropped a write to thread %s: %s", op.thread_id, failed[op.thread_id])
+            if isolated:
+                conn.execute("RELEASE op")
+        for thread_id, at in touched.items():
+            conn.execute(_TOUCH, (at, thread_id))
+        return failed
+
+    def _apply_one(self, conn: sqlite3.Connection, op: _Op, touched: dict[str, float]) -> None:
+        if isinstance(op, _Create):
+            conn.execute(_INSERT_THREAD, (op.thread_id, op.user_id, op.topic, op.at, op.at))
+        elif isinstance(op, _Append):
+            row = op.row
+            if op.more:
+                row = {**row, "content": row["content"] + "".join(op.more)}
+            conn.execute(_INSERT_VARIANT, row)
+            touched[op.thread_id] = op.at
+            self._lost_tails.discard(op.thread_id)
+        elif op.thread_id not in self._lost_tails:
+            conn.execute(_EXTEND_LAST, {"tid": op.thread_id, "text": "".join(op.parts)})
+
+    def _drop(self, ops: list[_Op], exc: BaseException) -> dict[str, StoreError]:
+        error = self._error(exc)
+        threads = {op.thread_id for op in ops}
+        self._lost_tails.update(op.thread_id for op in ops if not isinstance(op, _Create))
+        log.error("Dropped %d buffered writes to %d threads: %s", len(ops), len(threads), error)
+        return dict.fromkeys(threads, error)
 
     # -- buffered writes --------------------------------------------------------------------------
 
     async def create(self, thread_id: str, user_id: str, topic: str = "") -> None:
-        self._db()
-        self._ops.append(_Create(thread_id, user_id, topic, self._now()))
-        self._remember(thread_id)
-        self._schedule_flush()
+        self._check_open()
+        user_id = clean_text(user_id)
+        self._remember(thread_id, user_id)
+        self._buffer(thread_id, _Create(thread_id, user_id, clean_text(topic), self._now()))
 
     async def append(self, thread_id: str, variant: Variant) -> None:
-        self._require_thread(thread_id)
-        content, is_json = _encode(variant.content)
-        row = {
-            "tid": thread_id,
-            "variant": variant.variant,
-            "content": content,
-            "is_json": is_json,
-            "vid": variant.id,
-            "tool_name": variant.tool_name,
-            "model": variant.model,
-            "feedback": variant.feedback,
-        }
-        op = _Append(thread_id, row, self._now())
-        self._ops.append(op)
+        await self._require_thread(thread_id)
+        op = _Append(thread_id, _row(thread_id, variant), self._now())
         self._tail[thread_id] = op
-        self._schedule_flush()
+        self._buffer(thread_id, op)
 
     async def extend_last(self, thread_id: str, text: str) -> None:
-        self._require_thread(thread_id)
+        await self._require_thread(thread_id)
         if not text:
             return
+        text = clean_text(text)
         tail = self._tail.get(thread_id)
         if isinstance(tail, _Append):
             # Only string content is extended, the same rule the SQL applies through `is_json = 0`.
             if not tail.row["is_json"]:
                 tail.more.append(text)
+            self._buffer(thread_id, None)
         elif tail is not None:
             tail.parts.append(text)
+            self._buffer(thread_id, None)
         else:
             op = _Extend(thread_id, [text])
-            self._ops.append(op)
             self._tail[thread_id] = op
-        self._schedule_flush()
+            self._buffer(thread_id, op)
 
-    async def sync(self) -> None:
-        self._flush()
+    async def sync(self, thread_id: str | None = None) -> None:
+        self._check_open()
+        if thread_id is None:
+            await self._wait(self._batch if self._ops else self._batch - 1)
+            error = next(iter(self._failed.values()), None)
+            self._failed.clear()
+        else:
+            await self._wait(self._pending_threads.get(thread_id))
+            error = self._failed.pop(thread_id, None)
+        if error is not None:
+            raise error
 
-    # -- reads and direct writes ------------------------------------------------------------------
+    # -- reads: they wait only for the buffered writes they could see ------------------------------
 
     async def info(self, thread_id: str) -> ThreadInfo | None:
-        self._flush()
-        rows = self._query(_SELECT_INFO + " WHERE thread_id = ?", (thread_id,))
+        await self._wait(self._pending_threads.get(thread_id))
+        rows = await self._read(lambda c: c.execute(_SELECT_INFO + " WHERE thread_id = ?", (thread_id,)).fetchall())
         return _infos(rows)[0] if rows else None
 
     async def read(self, thread_id: str) -> list[Variant]:
-        self._flush()
-        rows = self._query(
-            "SELECT variant, content, is_json, vid, tool_name, model, feedback FROM variants "
-            "WHERE thread_id = ? ORDER BY seq",
-            (thread_id,),
+        await self._wait(self._pending_threads.get(thread_id))
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT variant, content, is_json, vid, tool_name, model, feedback FROM variants "
+                "WHERE thread_id = ? ORDER BY seq",
+                (thread_id,),
+            ).fetchall()
         )
         try:
             return [
@@ -355,23 +579,27 @@ class SQLiteThreadStore:
             raise StoreError(f"Thread {thread_id!r} holds undecodable content: {exc}") from exc
 
     async def list_threads(self, user_id: str, limit: int, offset: int) -> tuple[list[ThreadInfo], int]:
-        self._flush()
-        total = self._query("SELECT COUNT(*) FROM threads WHERE user_id = ?", (user_id,))[0][0]
-        rows = self._query(
-            _SELECT_INFO + " WHERE user_id = ? ORDER BY updated DESC, thread_id LIMIT ? OFFSET ?",
-            (user_id, max(0, limit), max(0, offset)),
-        )
-        return _infos(rows), int(total)
+        await self._wait(self._pending_users.get(user_id))
+
+        def page(conn: sqlite3.Connection) -> tuple[list[ThreadInfo], int]:
+            # One read transaction: the count and the page come from the same snapshot.
+            with contextlib.closing(conn.cursor()) as cur:
+                cur.execute("BEGIN")
+                try:
+                    total = cur.execute("SELECT COUNT(*) FROM threads WHERE user_id = ?", (user_id,)).fetchone()[0]
+                    rows = cur.execute(
+                        _SELECT_INFO + " WHERE user_id = ? ORDER BY updated DESC, thread_id LIMIT ? OFFSET ?",
+                        (user_id, max(0, limit), max(0, offset)),
+                    ).fetchall()
+                finally:
+                    cur.execute("COMMIT")
+            return _infos(rows), int(total)
+
+        return await self._read(page)
 
     async def search(self, user_id: str, query: str, limit: int, offset: int) -> tuple[list[ThreadInfo], int]:
-        self._flush()
-        rows = await asyncio.to_thread(self._search_rows, user_id, query)
-        start = max(0, offset)
-        return _infos(rows[start : start + max(0, limit)]), len(rows)
-
-    def _search_rows(self, user_id: str, query: str) -> list[tuple[Any, ...]]:
-        # Runs in a worker thread on its own read-only connection: under WAL it reads a consistent
-        # snapshot while the event loop keeps writing.
+        await self._wait(self._pending_users.get(user_id))
+        query = clean_text(query)
         params: dict[str, Any] = {"user": user_id, "user_variant": USER, "assistant_variant": ASSISTANT}
         if query.isascii():
             # LIKE folds ASCII case in C, the fast path for almost every query.
@@ -383,64 +611,66 @@ class SQLiteThreadStore:
                 topic="casefold_contains(topic, :needle)", content="casefold_contains(v.content, :needle)"
             )
             params["needle"] = query.casefold()
-        with self._read_lock:
-            try:
-                return self._read_connection().execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        start = max(0, offset)
+        return _infos(rows[start : start + max(0, limit)]), len(rows)
 
-    def _read_connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError(f"The thread database {self._path} is closed.")
-        if self._reader is None:
-            uri = self._path.resolve().as_uri() + "?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-            conn.create_function("casefold_contains", 2, _casefold_contains, deterministic=True)
-            self._reader = conn
-        return self._reader
+    # -- direct writes: after everything buffered before them -------------------------------------
 
     async def set_topic(self, thread_id: str, topic: str) -> None:
-        self._flush()
-        with self._write() as conn:
-            conn.execute("UPDATE threads SET topic = ? WHERE thread_id = ?", (topic, thread_id))
+        topic = clean_text(topic)
+        await self._write(lambda c: c.execute("UPDATE threads SET topic = ? WHERE thread_id = ?", (topic, thread_id)))
 
     async def delete(self, thread_id: str) -> None:
-        self._flush()
-        with self._write() as conn:
+        def delete(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM variants WHERE thread_id = ?", (thread_id,))
             conn.execute("DELETE FROM leases WHERE thread_id = ?", (thread_id,))
             conn.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
-        self._known.discard(thread_id)
 
-    async def fork(self, source_id: str, new_id: str, user_id: str, variants: list[Variant], topic: str) -> None:
-        self._flush()
-        rows = []
-        for seq, v in enumerate(variants):
-            content, is_json = _encode(v.content)
-            rows.append((new_id, seq, v.variant, content, is_json, v.id, v.tool_name, v.model, v.feedback))
+        await self._write(delete)
+        self._owners.pop(thread_id, None)
+
+    async def fork(
+        self,
+        source_id: str,
+        new_id: str,
+        user_id: str,
+        variants: list[Variant],
+        topic: str,
+        *,
+        fork_from_index: int | None = None,
+    ) -> None:
+        user_id = clean_text(user_id)
+        rows = [{**_row(new_id, v), "seq": seq} for seq, v in enumerate(variants)]
         now = self._now()
+        thread = (new_id, user_id, clean_text(topic), now, now, fork_from_index)
+
+        def fork(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO threads (thread_id, user_id, topic, created, updated, fork_from_index) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                thread,
+            )
+            conn.executemany(
+                "INSERT INTO variants (thread_id, seq, variant, content, is_json, vid, tool_name, model, feedback) "
+                "VALUES (:tid, :seq, :variant, :content, :is_json, :vid, :tool_name, :model, :feedback)",
+                rows,
+            )
+
         try:
-            with self._write() as conn:
-                conn.execute(
-                    "INSERT INTO threads (thread_id, user_id, topic, created, updated) VALUES (?, ?, ?, ?, ?)",
-                    (new_id, user_id, topic, now, now),
-                )
-                conn.executemany(
-                    "INSERT INTO variants (thread_id, seq, variant, content, is_json, vid, tool_name, model, "
-                    "feedback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+            await self._write(fork)
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise StoreError(f"Cannot fork {source_id!r}: thread {new_id!r} already exists.") from exc
             raise
-        self._remember(new_id)
+        self._remember(new_id, user_id)
 
     async def set_feedback(self, thread_id: str, index: int, feedback: str | None) -> bool:
         if index < 0:
             return False
-        self._flush()
-        with self._write() as conn:
+        feedback = _clean_optional(feedback)
+
+        def set_feedback(conn: sqlite3.Connection) -> bool:
             found = conn.execute(
                 "SELECT seq, feedback FROM variants WHERE thread_id = ? AND variant IN (?, ?) "
                 "ORDER BY seq LIMIT 1 OFFSET ?",
@@ -449,16 +679,17 @@ class SQLiteThreadStore:
             if found is None or (feedback is None and found[1] is None):
                 return False
             conn.execute(
-                "UPDATE variants SET feedback = ? WHERE thread_id = ? AND seq = ?",
-                (feedback, thread_id, found[0]),
+                "UPDATE variants SET feedback = ? WHERE thread_id = ? AND seq = ?", (feedback, thread_id, found[0])
             )
-        return True
+            return True
+
+        return await self._write(set_feedback)
 
     # -- leases: never buffered, another process must see them at once ----------------------------
 
     async def acquire_lease(self, thread_id: str, holder: str, ttl: float) -> bool:
-        now = time.time()
-        with self._write() as conn:
+        def acquire(conn: sqlite3.Connection) -> bool:
+            now = time.time()
             cur = conn.execute(
                 "INSERT INTO leases (thread_id, holder, expires, stop) VALUES (?, ?, ?, 0) "
                 "ON CONFLICT (thread_id) DO UPDATE SET holder = excluded.holder, "
@@ -468,49 +699,62 @@ class SQLiteThreadStore:
             )
             return cur.rowcount > 0
 
+        return await self._write(acquire, after_buffered=False)
+
     async def renew_lease(self, thread_id: str, holder: str, ttl: float) -> bool:
-        with self._write() as conn:
+        def renew(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "UPDATE leases SET expires = ? WHERE thread_id = ? AND holder = ?",
                 (time.time() + ttl, thread_id, holder),
             )
             return cur.rowcount > 0
 
+        return await self._write(renew, after_buffered=False)
+
     async def release_lease(self, thread_id: str, holder: str) -> None:
-        with self._write() as conn:
-            conn.execute("DELETE FROM leases WHERE thread_id = ? AND holder = ?", (thread_id, holder))
+        await self._write(
+            lambda c: c.execute("DELETE FROM leases WHERE thread_id = ? AND holder = ?", (thread_id, holder)),
+            after_buffered=False,
+        )
 
     async def lease_holder(self, thread_id: str) -> str | None:
-        rows = self._query("SELECT holder FROM leases WHERE thread_id = ? AND expires > ?", (thread_id, time.time()))
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT holder FROM leases WHERE thread_id = ? AND expires > ?", (thread_id, time.time())
+            ).fetchall()
+        )
         return str(rows[0][0]) if rows else None
 
     async def request_stop(self, thread_id: str) -> bool:
-        with self._write() as conn:
+        def request(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "UPDATE leases SET stop = 1 WHERE thread_id = ? AND expires > ?", (thread_id, time.time())
             )
             return cur.rowcount > 0
 
+        return await self._write(request, after_buffered=False)
+
     async def stop_requested(self, thread_id: str) -> bool:
-        rows = self._query("SELECT stop FROM leases WHERE thread_id = ?", (thread_id,))
+        rows = await self._read(
+            lambda c: c.execute("SELECT stop FROM leases WHERE thread_id = ?", (thread_id,)).fetchall()
+        )
         return bool(rows and rows[0][0])
 
     async def aclose(self) -> None:
         if self._closed:
             return
-        try:
-            self._flush()
-        except StoreError:
-            log.exception("Buffered thread variants could not be written while closing the store")
+        # Whatever fails now was logged when it was dropped.
+        self._submit()
+        await self._wait(self._batch - 1)
         self._closed = True
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
-        await asyncio.to_thread(self._close_reader)
+        # Each connection is closed on its own thread, after whatever that thread still runs.
+        await self._writer.submit(self._conn.close)
+        await self._reader_thread.submit(self._close_reader)
+        self._writer.stop()
+        self._reader_thread.stop()
 
     def _close_reader(self) -> None:
-        # Under the lock: a search still running in a worker thread finishes first.
-        with self._read_lock:
-            if self._reader is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._reader.close()
-                self._reader = None
+        if self._reader is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._reader.close()
+            self._reader = None

@@ -19,6 +19,9 @@ class ToolContext:
 
     thread_id: str
     owner: str
+    # Which store holds the thread ("" the server's store, "memory" for `store_thread=false`): what a tool
+    # keeps per thread is keyed by (scope, thread_id), so one id in two stores never shares a kernel.
+    scope: str = ""
     vision: bool = False
     # The kernel the user chose for this turn (their notebook's), if any; `kernel_id` wins over the notebook.
     kernel_id: str | None = None
@@ -27,6 +30,8 @@ class ToolContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     # The thread before this turn (e.g. to replay its code in a fresh kernel).
     history: list[Variant] = field(default_factory=list)
+    # Code before this index of `history` came with a fork of another user's thread: never replayed.
+    replay_from: int = 0
 
 
 @runtime_checkable

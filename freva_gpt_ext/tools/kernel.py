@@ -1,14 +1,12 @@
 """`code_interpreter`: the LLM's Python runs in a Jupyter kernel of the server's own kernel manager.
 
-Which kernel:
+Which kernel (`kernel_pool.py` keeps them):
 - the user's notebook kernel when the turn names one (`kernel_id`, or the kernel of `notebook_path`): the
   assistant sees and creates the notebook's variables. We never shut down, restart or cull it; our executions
   leave its execution counter, `Out` and `_` alone;
-- otherwise one kernel per thread, started through the server's kernel manager (so JupyterLab lists it and a user
-  can attach a console), working in `<kernel_root>/<thread_id>/`, with `THREAD_ID` and the Freva configuration
-  in its own environment. It keeps the thread's variables across turns, is shut down after an idle time, when
-  the thread is deleted and when the extension stops. When it is gone (server restart, culled, died), the
-  thread's earlier code is replayed in the new kernel before the code of the turn runs.
+- otherwise the thread's own kernel. It keeps the thread's variables across turns. When it is gone (server
+  restart, idle, culled, died), the thread's earlier code is replayed in the new kernel before the code of the
+  turn runs — never code that came with a fork of another user's thread, unless the turn asks for it.
 
 Every call answers exactly one `CodeOutput` (partial output when it failed), then a `CodeError` if the call failed
 as a whole (timeout, kernel death, the kernel aborted it), then its images. An exception raised by the code is
@@ -20,14 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterable
 from pathlib import Path
 from typing import Any
-
-import zmq.asyncio
 
 from ..variants import (
     CODE,
@@ -35,14 +29,14 @@ from ..variants import (
     CODE_OUTPUT,
     CODE_TOOL_NAME,
     IMAGE,
-    THREAD_ID_RE,
     Variant,
     hint,
     history_with_interruptions,
 )
 from .base import ToolContext
-from .kernel_client import Execution, KernelConnection, KernelGone, maybe_await
+from .kernel_client import Execution, KernelConnection, KernelGone
 from .kernel_output import OutputCollector
+from .kernel_pool import KernelFailure, KernelPool
 
 WAITING = "waiting_for_kernel"
 EXECUTING = "executing"
@@ -53,29 +47,12 @@ INTERRUPT_GRACE = 5.0
 # How long the execute reply may lag behind the kernel's idle status.
 REPLY_WAIT = 1.0
 ABORTED = "The kernel aborted this code because a cell queued before it failed; it did not run."
-CONFIG_HEADERS = ("freva-config", "x-freva-config-path")
-CONFIG_ENV = "EVALUATION_SYSTEM_CONFIG_FILE"
 
 DESCRIPTION = (
     "Run Python code in a persistent Jupyter (IPython) kernel. Variables, imports and loaded data persist "
     "across calls and turns. Returns what the code prints, the value of its last expression and any "
     "traceback; matplotlib figures shown with plt.show() are returned as images. No interactive input."
 )
-
-
-class _Failure(Exception):
-    """The call failed as a whole; the message becomes its `CodeError`."""
-
-
-@dataclass(eq=False)
-class _ThreadKernel:
-    """A thread's kernel, and the code that succeeded in it during the current turn (for a replay)."""
-
-    conn: KernelConnection | None = None
-    turn: ToolContext | None = None
-    turn_codes: list[tuple[str, str]] = field(default_factory=list)
-    start_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_used: float = field(default_factory=time.monotonic)
 
 
 def replayable_code(history: list[Variant]) -> list[tuple[str, str]]:
@@ -124,30 +101,34 @@ class KernelTool:
         idle_timeout: float = 3600.0,
         replay: bool = True,
         evaluation_system_config_file: str = "",
+        kernel_env: Iterable[str] = (),
+        withheld_env: Collection[str] = (),
+        folder_per_user: bool = False,
         max_output_chars: int = 20_000,
         max_images: int = 20,
         ready_timeout: float = 60.0,
         log: logging.Logger | None = None,
     ) -> None:
-        self.km = kernel_manager
-        self.session_manager = session_manager
-        self.kernel_root = Path(kernel_root).expanduser().absolute()
-        self.kernel_name = kernel_name or None
+        self.log = log or logging.getLogger(__name__)
+        self.pool = KernelPool(
+            kernel_manager,
+            session_manager=session_manager,
+            kernel_root=kernel_root,
+            kernel_name=kernel_name,
+            idle_timeout=idle_timeout,
+            ready_timeout=ready_timeout,
+            evaluation_system_config_file=evaluation_system_config_file,
+            kernel_env=kernel_env,
+            withheld_env=withheld_env,
+            folder_per_user=folder_per_user,
+            log=self.log,
+        )
+        self.kernel_name = self.pool.kernel_name
         self.execution_timeout = execution_timeout
-        self.idle_timeout = idle_timeout
         self.replay = replay
-        self.evaluation_system_config_file = evaluation_system_config_file
         self.max_output_chars = max_output_chars
         self.max_images = max_images
-        self.ready_timeout = ready_timeout
-        self.log = log or logging.getLogger(__name__)
-        self._context = zmq.asyncio.Context()
-        self._threads: dict[str, _ThreadKernel] = {}
-        self._user: dict[str, KernelConnection] = {}
-        self._user_lock = asyncio.Lock()
         self._tasks: set[asyncio.Future[Any]] = set()  # settling abandoned requests: cancelled at the end
-        self._shutdowns: set[asyncio.Future[Any]] = set()  # kernel shutdowns: awaited at the end, never cut
-        self._reaper: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- the Tool seam ------------------------------------------------------------------------------------
@@ -158,18 +139,18 @@ class KernelTool:
         code = arguments.get("code")
         try:
             if not isinstance(code, str):
-                raise _Failure("code_interpreter needs its argument `code`: the Python source to run.")
+                raise KernelFailure("code_interpreter needs its argument `code`: the Python source to run.")
             if self._closed:
-                raise _Failure("The server is shutting down.")
+                raise KernelFailure("The server is shutting down.")
             if user:
-                conn = await self._user_connection(ctx)
+                conn = await self.pool.user_connection(ctx)
             else:
                 conn, notes = await self._thread_connection(ctx)
                 for note in notes:
                     yield note
             async for status in self._execute(conn, code, out, user=user):
                 yield status
-        except _Failure as err:
+        except KernelFailure as err:
             error = str(err)
         text = out.text()
         yield Variant(CODE_OUTPUT, text, id=call_id)
@@ -178,72 +159,34 @@ class KernelTool:
         for n, png in enumerate(out.images):
             yield Variant(IMAGE, png, id=f"{call_id}_{n}")
         if not user and error is None and isinstance(code, str):
-            state = self._threads.get(ctx.thread_id)
+            state = self.pool.thread_state(ctx)
             if state is not None and state.turn is ctx:
                 # Replayed too if the kernel dies later in this turn (the history does not hold it yet).
                 state.turn_codes.append((code, text))
 
     async def close_thread(self, thread_id: str) -> None:
-        """The thread was deleted: its kernel goes (its files stay, they are the user's)."""
-        state = self._threads.pop(thread_id, None)
-        if state is not None and state.conn is not None:
-            await self._shutdown(state.conn)
+        """The stored thread was deleted: its kernel goes (its files stay, they are the user's)."""
+        await self.pool.close_thread(thread_id)
 
     async def aclose(self) -> None:
         """The extension stops: every per-thread kernel is shut down, every client closed."""
         self._closed = True
-        tasks = [t for t in (self._reaper, *self._tasks) if t is not None]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        conns = [s.conn for s in self._threads.values() if s.conn is not None]
-        self._threads.clear()
-        await asyncio.gather(*(self._shutdown(c) for c in conns), *self._shutdowns, return_exceptions=True)
-        for conn in self._user.values():
-            conn.close()
-        self._user.clear()
-        if not self._context.closed:
-            self._context.destroy(linger=0)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pool.aclose()
 
-    # -- which kernel -------------------------------------------------------------------------------------
-    async def _user_connection(self, ctx: ToolContext) -> KernelConnection:
-        kernel_id = ctx.kernel_id or await self._kernel_of_notebook(ctx.notebook_path)
-        if not kernel_id or kernel_id not in self.km:
-            raise _Failure(
-                "The notebook's kernel is no longer running: start it again, or turn off running code in "
-                "the notebook's kernel."
-            )
-        async with self._user_lock:
-            conn = self._user.get(kernel_id)
-            if conn is not None and (conn.closed or not await conn.alive()):
-                conn.close()
-                conn = None
-            if conn is None:
-                conn = KernelConnection(self.km, kernel_id, self._context)
-                try:
-                    await conn.connect(self.ready_timeout)
-                except (KernelGone, TimeoutError) as err:
-                    raise _Failure(f"Could not connect to the notebook's kernel: {err}") from err
-                self._user[kernel_id] = conn
-                self._ensure_reaper()
-        return conn
+    def kernel_owner(self, kernel_id: str) -> str | None:
+        """The owner of the thread whose kernel this is; None when it is no per-thread kernel of ours."""
+        return self.pool.kernel_owner(kernel_id)
 
-    async def _kernel_of_notebook(self, path: str | None) -> str | None:
-        if not path or self.session_manager is None:
-            return None
-        for session in await maybe_await(self.session_manager.list_sessions()):
-            if session.get("path") == path and session.get("kernel"):
-                return str(session["kernel"]["id"])
-        return None
+    async def kernel_spec_of(self, ctx: ToolContext) -> str | None:
+        """The kernel spec of the kernel this turn's code runs in (None: a notebook kernel that is gone)."""
+        return await self.pool.kernel_spec_of(ctx)
 
+    # -- the thread's kernel ------------------------------------------------------------------------------
     async def _thread_connection(self, ctx: ToolContext) -> tuple[KernelConnection, list[Variant]]:
-        thread_id = ctx.thread_id
-        if not THREAD_ID_RE.match(thread_id):
-            raise _Failure(f"Invalid thread id {thread_id!r}.")
-        state = self._threads.setdefault(thread_id, _ThreadKernel())
-        if state.turn is not ctx:
-            state.turn, state.turn_codes = ctx, []
-        state.last_used = time.monotonic()
+        state = self.pool.thread(ctx)
         async with state.start_lock:
             conn = state.conn
             if conn is not None and await conn.alive():
@@ -251,62 +194,27 @@ class KernelTool:
             if conn is not None:
                 # Culled, shut down or restarted from JupyterLab, or died: its state is lost either way, and a
                 # new kernel gets the thread's code replayed.
-                await self._discard(conn)
-            codes = (replayable_code(ctx.history) + state.turn_codes) if self.replay else []
-            conn = await self._start_kernel(ctx)
+                await self.pool.discard(conn)
+            codes: list[tuple[str, str]] = []
+            notes: list[Variant] = []
+            if self.replay:
+                # Code that came with a fork of another user's thread is theirs: it never runs unasked.
+                skipped = len(replayable_code(ctx.history[: ctx.replay_from]))
+                codes = replayable_code(ctx.history[ctx.replay_from :]) + state.turn_codes
+                if skipped:
+                    notes.append(hint(not_replayed=skipped))
+            conn = await self.pool.start_kernel(ctx)
             try:
-                await conn.connect(self.ready_timeout)
-                notes = await self._replay(conn, codes) if codes else []
+                if codes:
+                    notes += await self._replay(conn, codes)
                 if conn.closed:
-                    raise _Failure("The new kernel died while the earlier code of this conversation was replayed.")
-            except BaseException as err:
-                # Half-started or half-replayed: the next call starts afresh rather than with partial state.
-                conn.close()
-                self._shutdown_later(conn.kernel_id)
-                if isinstance(err, KernelGone | TimeoutError):
-                    raise _Failure(f"The new kernel did not start: {err}") from err
+                    raise KernelFailure("The new kernel died while the earlier code of this conversation was replayed.")
+            except BaseException:
+                # Half-replayed: the next call starts afresh rather than with partial state.
+                await self.pool.discard(conn)
                 raise
-            state.conn = conn
-            self._ensure_reaper()
+            self.pool.adopt(state, conn)
             return conn, notes
-
-    async def _start_kernel(self, ctx: ToolContext) -> KernelConnection:
-        cwd = self.kernel_root / ctx.thread_id
-        # The kernel's own environment: the server's is read, never written.
-        env = {**os.environ, "THREAD_ID": ctx.thread_id}
-        config = self._config_file(ctx.headers)
-        if config:
-            env[CONFIG_ENV] = config
-        try:
-            await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
-            # Shielded: a stop while the kernel starts must not leave a kernel nobody knows of.
-            start = asyncio.ensure_future(
-                maybe_await(self.km.start_kernel(kernel_name=self.kernel_name, cwd=str(cwd), env=env))
-            )
-            try:
-                kernel_id = await asyncio.shield(start)
-            except asyncio.CancelledError:
-                start.add_done_callback(self._shutdown_orphan)
-                raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            spec = self.kernel_name or "the default kernel"
-            raise _Failure(f"Could not start a kernel ({spec}): {type(err).__name__}: {err}") from err
-        self.log.info("Started kernel %s for thread %s in %s", kernel_id, ctx.thread_id, cwd)
-        return KernelConnection(self.km, str(kernel_id), self._context, thread_id=ctx.thread_id)
-
-    def _shutdown_orphan(self, start: asyncio.Future[Any]) -> None:
-        if not start.cancelled() and start.exception() is None:
-            self._shutdown_later(str(start.result()))
-
-    def _config_file(self, headers: Mapping[str, str]) -> str:
-        """The Freva configuration: a trusted proxy's header, else the configured file."""
-        lowered = {k.lower(): v for k, v in headers.items()}
-        for name in CONFIG_HEADERS:
-            if lowered.get(name):
-                return lowered[name]
-        return self.evaluation_system_config_file
 
     # -- replay -------------------------------------------------------------------------------------------
     async def _replay(self, conn: KernelConnection, codes: list[tuple[str, str]]) -> list[Variant]:
@@ -318,7 +226,7 @@ class KernelTool:
             try:
                 async for _ in self._execute(conn, code, out, user=False):
                     pass
-            except _Failure as err:
+            except KernelFailure as err:
                 reason = str(err)
             # A call that raised before raises again: that is what happened then, not a failure now.
             if not reason and out.errors and not all(name in original for name in out.errors):
@@ -336,7 +244,7 @@ class KernelTool:
     async def _execute(
         self, conn: KernelConnection, code: str, out: OutputCollector, *, user: bool
     ) -> AsyncIterator[Variant]:
-        """Run `code` on `conn`, feeding `out`; yields status hints; raises `_Failure` when the call fails."""
+        """Run `code` on `conn`, feeding `out`; yields status hints; raises `KernelFailure` when the call fails."""
         waiting = conn.lock.locked()
         if waiting:
             yield hint(status=WAITING)
@@ -352,7 +260,7 @@ class KernelTool:
                         waiting = True
                         yield hint(status=WAITING)
                     if time.monotonic() - busy_since > self.execution_timeout:
-                        raise _Failure(self._busy_message())
+                        raise KernelFailure(self._busy_message())
                     await asyncio.sleep(0.02)
             msg_id = conn.execute(code, store_history=not user, guard=user and conn.ipython)
             execution = Execution(conn, msg_id, out.add)
@@ -366,9 +274,9 @@ class KernelTool:
                 if not execution.started and not execution.finished:
                     keep_lock = True
                     self._settle(conn, execution)
-                    raise _Failure(self._busy_message() + " It is interrupted as soon as the kernel gets to it.")
+                    raise KernelFailure(self._busy_message() + " It is interrupted as soon as the kernel gets to it.")
             if execution.aborted:
-                raise _Failure(ABORTED)
+                raise KernelFailure(ABORTED)
             if waiting:
                 yield hint(status=EXECUTING)
             assert execution.started_at is not None
@@ -378,19 +286,19 @@ class KernelTool:
                 await conn.interrupt()
                 await execution.follow(time.monotonic() + INTERRUPT_GRACE)
                 if not execution.finished:
-                    await self._discard(conn)
-                    raise _Failure(self._unstoppable_message(user))
-                raise _Failure(
+                    await self.pool.discard(conn)
+                    raise KernelFailure(self._unstoppable_message(user))
+                raise KernelFailure(
                     f"The code ran longer than {self.execution_timeout:g} s and was interrupted; the output "
                     "above is what it printed until then. Try a smaller piece of the work first."
                 )
             reply = await conn.reply(msg_id, time.monotonic() + REPLY_WAIT)
             if execution.aborted or (reply and (reply.get("content") or {}).get("status") == "aborted"):
-                raise _Failure(ABORTED)
+                raise KernelFailure(ABORTED)
             out.add_reply(reply)
         except KernelGone:
-            await self._discard(conn)
-            raise _Failure(self._death_message(user)) from None
+            await self.pool.discard(conn)
+            raise KernelFailure(self._death_message(user)) from None
         except asyncio.CancelledError:
             # Stopped: our code is interrupted at once if it runs, or as soon as it starts (never someone
             # else's), by a task of its own, so that the stop goes on now.
@@ -412,18 +320,18 @@ class KernelTool:
                     await execution.follow(time.monotonic() + max(self.execution_timeout, 60.0), until_started=True)
                     if not execution.started:
                         self.log.warning("Kernel %s never ran an abandoned request; detaching.", conn.kernel_id)
-                        await self._discard(conn, shutdown=False)
+                        await self.pool.discard(conn, shutdown=False)
                         return
                 if not execution.finished:
                     await conn.interrupt()
                 await execution.follow(time.monotonic() + INTERRUPT_GRACE)
                 if not execution.finished:
-                    await self._discard(conn)
+                    await self.pool.discard(conn)
             except KernelGone:
-                await self._discard(conn)
+                await self.pool.discard(conn)
             except Exception:
                 self.log.exception("Could not settle an abandoned execution on kernel %s", conn.kernel_id)
-                await self._discard(conn, shutdown=False)
+                await self.pool.discard(conn, shutdown=False)
             finally:
                 conn.lock.release()
 
@@ -451,70 +359,7 @@ class KernelTool:
         )
 
     # -- lifecycle ----------------------------------------------------------------------------------------
-    async def _discard(self, conn: KernelConnection, *, shutdown: bool = True) -> None:
-        """Stop using a connection; a per-thread kernel is shut down with it (the next call starts afresh)."""
-        conn.close()
-        if conn.thread_id is None:
-            if self._user.get(conn.kernel_id) is conn:
-                del self._user[conn.kernel_id]
-            return
-        state = self._threads.get(conn.thread_id)
-        if state is not None and state.conn is conn:
-            state.conn = None
-        if shutdown:
-            self._shutdown_later(conn.kernel_id)
-
-    async def _shutdown(self, conn: KernelConnection) -> None:
-        """Close a connection and, if it is a thread's own kernel, shut that down (never a user's kernel)."""
-        conn.close()
-        if conn.thread_id is not None:
-            await self._shutdown_kernel(conn.kernel_id)
-
-    async def _shutdown_kernel(self, kernel_id: str) -> None:
-        # A shutdown cut short leaves the manager's record of the kernel half-changed: never cancel one.
-        await asyncio.shield(self._shutdown_later(kernel_id))
-
-    def _shutdown_later(self, kernel_id: str) -> asyncio.Future[None]:
-        task = asyncio.ensure_future(self._shutdown_now(kernel_id))
-        self._shutdowns.add(task)
-        task.add_done_callback(self._shutdowns.discard)
-        return task
-
-    async def _shutdown_now(self, kernel_id: str) -> None:
-        try:
-            if kernel_id in self.km:
-                await maybe_await(self.km.shutdown_kernel(kernel_id))
-                self.log.info("Shut down kernel %s", kernel_id)
-        except Exception as err:  # already gone, or going
-            self.log.debug("Kernel %s did not shut down cleanly: %s", kernel_id, err)
-
     def _background(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _ensure_reaper(self) -> None:
-        if self._reaper is None and self.idle_timeout > 0 and not self._closed:
-            self._reaper = asyncio.ensure_future(self._reap())
-
-    async def _reap(self) -> None:
-        """Shut down per-thread kernels (and close user-kernel clients) idle for `idle_timeout`."""
-        interval = min(max(self.idle_timeout / 4, 0.05), 60.0)
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            for thread_id, state in list(self._threads.items()):
-                conn = state.conn
-                if state.start_lock.locked() or (conn is not None and conn.lock.locked()):
-                    continue
-                last = max(state.last_used, conn.last_used if conn is not None else 0.0)
-                if now - last < self.idle_timeout:
-                    continue
-                del self._threads[thread_id]
-                if conn is not None:
-                    self.log.info("Kernel %s of thread %s was idle; shutting it down", conn.kernel_id, thread_id)
-                    await self._shutdown(conn)
-            for kernel_id, conn in list(self._user.items()):
-                if not conn.lock.locked() and (now - conn.last_used >= self.idle_timeout or not conn.exists()):
-                    del self._user[kernel_id]
-                    conn.close()

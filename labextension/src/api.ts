@@ -7,6 +7,7 @@ import { ServerConnection } from '@jupyterlab/services';
 
 import { IRawVariant } from './conversation';
 import { readNdjson } from './ndjson';
+import { DETAIL_HEADER } from './service';
 
 /** An answer of the API that is not a success: its `detail` is for people. */
 export class ChatbotError extends Error {
@@ -58,8 +59,16 @@ export class ChatbotApi {
     return (await response.json()) as T;
   }
 
-  availableChatbots(): Promise<string[]> {
-    return this.call<string[]>('availablechatbots');
+  /** The model names, and the server's reason when there are none (the `X-FrevaGPT-Detail` header). */
+  async availableChatbots(): Promise<{ models: string[]; detail: string | null }> {
+    const response = await this._request('availablechatbots', {});
+    const models = (await response.json()) as string[];
+    return { models, detail: response.headers.get(DETAIL_HEADER) };
+  }
+
+  /** `{"status": "ok" | "degraded", "version", "detail"?}`: whether the server can answer, and if not, why. */
+  ping(): Promise<unknown> {
+    return this.call('ping');
   }
 
   newThread(): Promise<string> {
@@ -94,7 +103,8 @@ export class ChatbotApi {
     threadId: string,
     userIndex: number
   ): Promise<{ new_thread_id: string; history: IRawVariant[] }> {
-    return this.call('editthread', { source_thread_id: threadId, user_index: userIndex });
+    // The panel shows tool calls as getThread does.
+    return this.call('editthread', { source_thread_id: threadId, user_index: userIndex, show_tools: true });
   }
 
   feedback(threadId: string, index: number, feedback: string): Promise<unknown> {

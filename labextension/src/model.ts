@@ -21,6 +21,7 @@ import { ChatbotApi, ChatbotError, IStreamRequest } from './api';
 import { Block, Conversation, codeFromArguments } from './conversation';
 import { NotebookBridge } from './notebook';
 import { ICodeData, IErrorData, IToolData, MIME } from './renderers';
+import { ServiceState, serviceState } from './service';
 
 declare module '@jupyter/chat' {
   interface IMessageMetadata {
@@ -45,6 +46,15 @@ export type StatusKey =
 const BOT_USERNAME = 'frevagpt';
 /** Streamed updates are rendered at most this often (ms). */
 const FLUSH_INTERVAL = 50;
+
+/** What an error says to people: the API's `detail`, else the message. */
+function errorText(error: unknown): string {
+  return error instanceof ChatbotError
+    ? error.detail
+    : error instanceof Error
+      ? error.message
+      : String(error);
+}
 
 export class FrevaChatContext extends AbstractChatContext {
   get users(): IUser[] {
@@ -159,13 +169,25 @@ export class FrevaChatModel extends AbstractChatModel {
     }
   }
 
-  /** Load the model names; keep `preferred` selected when it is one of them. */
+  /** Whether the server can answer, and if not, what the panel tells the user. */
+  get service(): ServiceState {
+    return this._service;
+  }
+
+  /**
+   * Load the model names (keep `preferred` selected when it is one of them) and with them the state of the
+   * service. Its problems are shown in the panel, not as notifications.
+   */
   async loadModels(preferred = ''): Promise<void> {
     try {
-      this._models = await this.api.availableChatbots();
+      const { models, detail } = await this.api.availableChatbots();
+      // With no model, `ping` tells why in full (the header holds one shortened line).
+      const ping = models.length ? null : await this.api.ping().catch(() => null);
+      this._models = models;
+      this._service = serviceState(models, detail, ping);
     } catch (error) {
       this._models = [];
-      this.notifyError(error);
+      this._service = { kind: 'unreachable', detail: errorText(error) };
     }
     if (!this._models.includes(this._chatbot)) {
       this._chatbot = this._models.includes(preferred) ? preferred : (this._models[0] ?? '');
@@ -239,7 +261,12 @@ export class FrevaChatModel extends AbstractChatModel {
       }
     } catch (error) {
       if ((error as Error)?.name !== 'AbortError' && conv === this._conv) {
-        this.notifyError(error);
+        if (!this._models.length && !started && error instanceof ChatbotError) {
+          // Refused for want of a model: the panel says why and what to do, fresh from the server.
+          void this.loadModels();
+        } else {
+          this.notifyError(error);
+        }
         if (!started && error instanceof ChatbotError) {
           // Refused before it started (busy, invalid, no model): nothing was stored; let the user retry.
           const user = added ? conv.discardLastUser() : null;
@@ -389,9 +416,7 @@ export class FrevaChatModel extends AbstractChatModel {
 
   /** Show an API error as a JupyterLab notification with its `detail`. */
   notifyError(error: unknown): void {
-    const detail =
-      error instanceof ChatbotError ? error.detail : error instanceof Error ? error.message : String(error);
-    Notification.error(this.trans.__('FrevaGPT: %1', detail), { autoClose: 10000 });
+    Notification.error(this.trans.__('FrevaGPT: %1', errorText(error)), { autoClose: 10000 });
   }
 
   dispose(): void {
@@ -427,6 +452,8 @@ export class FrevaChatModel extends AbstractChatModel {
   private _remove(key: string): void {
     const index = this.messages.findIndex(m => m.id === key);
     if (index !== -1) {
+      // The library tracks unread messages by index: without this, its next update reads the removed one.
+      this.unreadMessages = this.unreadMessages.filter(i => i < index);
       this.messagesDeleted(index, 1);
     }
     this._blocks.delete(key);
@@ -542,6 +569,7 @@ export class FrevaChatModel extends AbstractChatModel {
   private _stopping = false;
   private _notice: StatusKey | null = null;
   private _models: string[] = [];
+  private _service: ServiceState = { kind: 'loading' };
   private _chatbot = '';
   private _runInKernel = false;
   private _abort: AbortController | null = null;

@@ -32,6 +32,7 @@ import { IThreadInfo, IThreadPage } from './api';
 import { StreamFollower } from './follow';
 import { frevaIcon, thumbDownIcon, thumbUpIcon } from './icons';
 import { FrevaChatModel, StatusKey } from './model';
+import { pageRange } from './paging';
 
 export const PANEL_ID = 'freva-gpt-panel';
 const PAGE_SIZE = 20;
@@ -101,6 +102,48 @@ function KernelTarget(props: { model: FrevaChatModel; trans: TranslationBundle }
   );
 }
 
+/** Why no model can answer, and what to do: in the panel, for as long as it is so. */
+function ServiceNotice(props: { model: FrevaChatModel; trans: TranslationBundle }): JSX.Element | null {
+  const { model, trans } = props;
+  const service = model.service;
+  switch (service.kind) {
+    case 'loading':
+    case 'ready':
+      return null;
+    case 'degraded':
+      return (
+        <div className="freva-gpt-notice" data-kind={service.kind} role="alert">
+          <div className="freva-gpt-notice-title">{trans.__('The model catalogue cannot be used')}</div>
+          <div className="freva-gpt-notice-detail">{service.detail}</div>
+        </div>
+      );
+    case 'no-model':
+      return (
+        <div className="freva-gpt-notice" data-kind={service.kind} role="status">
+          <div className="freva-gpt-notice-title">{trans.__('No model is configured')}</div>
+          <div>
+            {trans.__(
+              'To add one, set FREVAGPT_LITELLM_CONFIG to a model catalogue, a YAML file like examples/litellm_config.yaml of the FrevaGPT repository.'
+            )}
+          </div>
+          <div>{trans.__('Then restart JupyterLab: the catalogue is read at start.')}</div>
+        </div>
+      );
+    case 'unreachable':
+      return (
+        <div className="freva-gpt-notice" data-kind={service.kind} role="alert">
+          <div className="freva-gpt-notice-title">{trans.__('The FrevaGPT server does not answer')}</div>
+          <div className="freva-gpt-notice-detail">{service.detail}</div>
+          <div>
+            {trans.__(
+              'Is the server extension freva_gpt_ext installed and enabled (jupyter server extension list)? The server log says why it is not.'
+            )}
+          </div>
+        </div>
+      );
+  }
+}
+
 function Header(props: { panel: FrevaPanel }): JSX.Element {
   const { panel } = props;
   const { model, trans } = panel;
@@ -148,6 +191,7 @@ function Header(props: { panel: FrevaPanel }): JSX.Element {
         <span>{trans.__("Run code in the active notebook's kernel")}</span>
       </label>
       <KernelTarget model={model} trans={trans} />
+      <ServiceNotice model={model} trans={trans} />
     </div>
   );
 }
@@ -263,13 +307,20 @@ function ThreadItem(props: {
   );
 }
 
+/** A loaded page of threads, with the page and query it answers. */
+interface IShownThreads extends IThreadPage {
+  page: number;
+  query: string;
+}
+
 /** The user's threads: search, pages, open, rename, delete. */
 function ThreadsView(props: { panel: FrevaPanel }): JSX.Element {
   const { panel } = props;
   const { model, trans } = panel;
   const [query, setQuery] = useState('');
+  // The page asked for; what the list, the count and the buttons show is `shown` (the loaded data).
   const [page, setPage] = useState(0);
-  const [data, setData] = useState<IThreadPage | null>(null);
+  const [shown, setShown] = useState<IShownThreads | null>(null);
   const [loading, setLoading] = useState(false);
   const request = useRef(0);
 
@@ -278,13 +329,16 @@ function ThreadsView(props: { panel: FrevaPanel }): JSX.Element {
     setLoading(true);
     try {
       const result = await model.api.userThreads(page, PAGE_SIZE, query);
-      if (id === request.current) {
-        const pages = Math.max(1, Math.ceil(result.total / PAGE_SIZE));
-        if (page >= pages && page > 0) {
-          setPage(pages - 1);
-        }
-        setData(result);
+      if (id !== request.current) {
+        return;
       }
+      const last = Math.max(0, Math.ceil(result.total / PAGE_SIZE) - 1);
+      if (page > last) {
+        // The page is gone (threads were deleted): the change of `page` loads the last one.
+        setPage(last);
+        return;
+      }
+      setShown({ ...result, page, query });
     } catch (error) {
       if (id === request.current) {
         model.notifyError(error);
@@ -319,8 +373,7 @@ function ThreadsView(props: { panel: FrevaPanel }): JSX.Element {
     };
   }, [load]);
 
-  const total = data?.total ?? 0;
-  const pages = Math.max(1, Math.ceil(total / PAGE_SIZE));
+  const range = pageRange(shown && { page: shown.page, items: shown.threads, total: shown.total }, PAGE_SIZE);
   return (
     <div className="freva-gpt-threads">
       <input
@@ -334,13 +387,15 @@ function ThreadsView(props: { panel: FrevaPanel }): JSX.Element {
           setPage(0);
         }}
       />
-      {data && data.threads.length === 0 && !loading && (
+      {shown && shown.threads.length === 0 && !loading && (
         <div className="freva-gpt-threads-empty">
-          {query ? trans.__('No thread matches “%1”.', query) : trans.__('No threads yet.')}
+          {shown.query.trim()
+            ? trans.__('No thread matches “%1”.', shown.query)
+            : trans.__('No threads yet.')}
         </div>
       )}
-      <ul className="freva-gpt-thread-list" aria-busy={loading}>
-        {data?.threads.map(thread => (
+      <ul className="freva-gpt-thread-list" aria-busy={loading} data-page={shown?.page ?? ''}>
+        {shown?.threads.map(thread => (
           <ThreadItem
             key={thread.thread_id}
             panel={panel}
@@ -356,23 +411,21 @@ function ThreadsView(props: { panel: FrevaPanel }): JSX.Element {
           className="jp-Button jp-mod-minimal"
           data-action="previous"
           title={trans.__('Newer threads')}
-          disabled={page === 0}
-          onClick={() => setPage(p => Math.max(0, p - 1))}
+          disabled={!range.previous}
+          onClick={() => setPage(range.page - 1)}
         >
           <caretLeftIcon.react tag="span" />
         </button>
         <span className="freva-gpt-thread-count">
-          {total
-            ? trans.__('%1–%2 of %3', page * PAGE_SIZE + 1, Math.min(total, (page + 1) * PAGE_SIZE), total)
-            : ''}
+          {range.first ? trans.__('%1–%2 of %3', range.first, range.last, range.total) : ''}
         </span>
         <button
           type="button"
           className="jp-Button jp-mod-minimal"
           data-action="next"
           title={trans.__('Older threads')}
-          disabled={page >= pages - 1}
-          onClick={() => setPage(p => p + 1)}
+          disabled={!range.next}
+          onClick={() => setPage(range.page + 1)}
         >
           <caretRightIcon.react tag="span" />
         </button>
@@ -509,10 +562,11 @@ export class FrevaPanel extends Panel {
     this.addWidget(this._threads);
     this.addWidget(this._chat);
 
+    // For people and tests: whether the list follows the stream.
     this._follower = new StreamFollower(this._chat.node, following => {
-      // For people and tests: whether the list follows the stream.
       this.node.dataset.follows = String(following);
     });
+    this.node.dataset.follows = String(this._follower.following);
     this.model.stateChanged.connect(this._onStateChanged, this);
     this.model.flushed.connect(this._onFlushed, this);
     this._onStateChanged();

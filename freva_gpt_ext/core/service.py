@@ -1,0 +1,180 @@
+"""The chatbot service: what the route handlers need of the server, typed, and the set-up of a turn.
+
+The app wires one `ChatService` and hands it to the handlers in the Tornado settings (`settings[SETTINGS_KEY]`),
+as jupyter_server extensions pass their objects; handlers never reach into the app. A turn is set up here: its
+thread (API.md's fork rule, over both stores), the kernel it may use, its tool context and its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..storage.base import ThreadStore
+from ..tools.base import Tool, ToolContext
+from ..variants import Variant
+from .conversations import Conversations, ThreadBusy, Turn
+from .llm import ModelCatalogue, ModelEntry
+from .orchestrator import Orchestrator, TurnInput
+from .turns import thread_for
+
+SETTINGS_KEY = "freva_gpt_service"
+MEMORY_SCOPE = "memory"
+
+
+class Refused(Exception):
+    """A request the service turns down, with the HTTP status API.md gives it and a short reason phrase."""
+
+    def __init__(self, status: int, detail: str, reason: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.reason = status, detail, reason
+
+
+class KernelOwners(Protocol):
+    def kernel_owner(self, kernel_id: str) -> str | None:
+        """The owner of a per-thread kernel; None for any other kernel."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """A validated `streamresponse` request."""
+
+    owner: str
+    user_input: str
+    model: ModelEntry
+    thread_id: str | None = None
+    store_thread: bool = True
+    show_tools: bool = False
+    kernel_id: str | None = None
+    notebook_path: str | None = None
+    # Request headers for tools, only from a trusted proxy.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    replay_forked_code: bool = False
+
+
+@dataclass(kw_only=True, slots=True)
+class ChatService:
+    catalogue: ModelCatalogue
+    catalogue_problem: str | None
+    store: ThreadStore
+    memory_store: ThreadStore
+    orchestrator: Orchestrator
+    conversations: Conversations
+    tools: Mapping[str, Tool]
+    kernel_manager: Any
+    session_manager: Any
+    kernels: KernelOwners | None
+    # The `owner` setting; and whose server this is (its notebook kernels are theirs).
+    owner: str
+    server_owner: str
+    # Serving freva-rest bearer users alone (`jupyter freva-gpt`): they have no notebook kernels.
+    standalone: bool
+    thread_sharing: bool
+    max_input_chars: int
+    trust_proxy_headers: bool
+    name_thread: Callable[[str], Awaitable[str]]
+
+    def store_for(self, request: Any) -> ThreadStore:
+        """The thread store serving a request (one store today; per-vault stores come with MongoDB)."""
+        return self.store
+
+    # -- kernels ------------------------------------------------------------------------------------------
+    async def kernel_choice(self, owner: str, kernel_id: str | None, notebook_path: str | None) -> str | None:
+        """The notebook kernel a turn asks for, if any: only the caller's own (404 for any other, as for an
+        unknown one); none at all standalone."""
+        if not (kernel_id or notebook_path):
+            return None
+        if self.standalone:
+            raise Refused(
+                422, "The parameters 'kernel_id' and 'notebook_path' are not available on this server.", "Not available"
+            )
+        if kernel_id:
+            found = kernel_id if kernel_id in self.kernel_manager else None
+            missing = f"No running kernel has the id '{kernel_id}'."
+        else:
+            sessions = await self.session_manager.list_sessions()
+            found = next(
+                (str(s["kernel"]["id"]) for s in sessions if s.get("path") == notebook_path and s.get("kernel")), None
+            )
+            missing = f"The notebook '{notebook_path}' has no running kernel."
+        if found is None or self.kernel_owner(found) != owner:
+            raise Refused(404, missing, "Kernel not found")
+        return found
+
+    def kernel_owner(self, kernel_id: str) -> str:
+        """A per-thread kernel is its thread's owner's; every other kernel of the server is the server owner's."""
+        thread_owner = self.kernels.kernel_owner(kernel_id) if self.kernels is not None else None
+        return thread_owner or self.server_owner
+
+    # -- turns --------------------------------------------------------------------------------------------
+    async def start_turn(self, request: TurnRequest, store: ThreadStore) -> Turn:
+        """Start the turn in its thread of `store` (the request's persistent store) or of the memory store."""
+        memory = self.memory_store
+        target = store if request.store_thread else memory
+        owner, model = request.owner, request.model
+        thread_id, fork_from = await thread_for(
+            target, request.thread_id, owner, persistent=store, memory=memory, sharing=self.thread_sharing
+        )
+        replay_from = 0 if request.replay_forked_code or fork_from is None else fork_from
+
+        def produce(history: list[Variant]) -> AsyncIterator[Variant]:
+            ctx = ToolContext(
+                thread_id=thread_id,
+                owner=owner,
+                scope="" if request.store_thread else MEMORY_SCOPE,
+                vision=model.supports_vision,
+                kernel_id=request.kernel_id,
+                notebook_path=request.notebook_path,
+                headers=request.headers,
+                history=history,
+                replay_from=replay_from,
+            )
+            turn_input = TurnInput(
+                thread_id=thread_id,
+                owner=owner,
+                model=model,
+                user_input=request.user_input,
+                history=history,
+                ctx=ctx,
+                used_ids={v.id for v in history if v.id},
+            )
+            return self.orchestrator.run(turn_input)
+
+        try:
+            return await self.conversations.start(
+                store=target,
+                thread_id=thread_id,
+                owner=owner,
+                model_name=model.name,
+                user_input=request.user_input,
+                show_tools=request.show_tools,
+                produce=produce,
+                name_thread=self.name_thread if request.store_thread else None,
+            )
+        except ThreadBusy as err:
+            raise Refused(409, "This thread is already streaming an answer.", "Thread is busy") from err
+
+    async def stop(self, owner: str, thread_id: str, store: ThreadStore) -> None:
+        """Stop the caller's running turn on `thread_id`. A memory-only thread and a stored one may share an id:
+        the caller's own is stopped, never another user's."""
+        mine = []
+        for candidate in (self.memory_store, store):
+            info = await candidate.info(thread_id)
+            if info is not None and info.user_id == owner:
+                mine.append(candidate)
+        if not mine:
+            stored = await store.info(thread_id)
+            if stored is not None and self.thread_sharing:
+                raise Refused(403, "This thread belongs to another user.")
+            # Unknown, hidden (sharing off), or another user's memory-only thread: nothing reveals it.
+            raise Refused(404, "Thread not found.")
+        for candidate in mine:
+            if await self.conversations.stop(thread_id, candidate):
+                return
+        raise Refused(404, "No answer is being generated on this thread.", "Not streaming")
+
+    async def close_thread(self, thread_id: str) -> None:
+        """Release what tools hold for a deleted thread."""
+        for tool in self.tools.values():
+            await tool.close_thread(thread_id)

