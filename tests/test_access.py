@@ -19,6 +19,7 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
+from freva_gpt_ext.handlers.spec import ROUTES
 from tests.conftest import body_json, parse_lines, serving
 from tests.fake_auth import FakeAuth
 from tests.fake_llm import FakeLLM
@@ -31,6 +32,20 @@ def assert_refused(response: Any, part: str = "") -> None:
     assert response.code == 403, (response.code, response.body)
     detail = body_json(response)["detail"]
     assert part.lower() in detail.lower(), detail
+
+
+def changing_routes(thread_id: str) -> dict[str, dict[str, Any]]:
+    """Valid parameters for every route that changes or runs something (each declares it in spec.py)."""
+    routes = {
+        "streamresponse": {"input": "print(1)", "chatbot": "fake-text"},
+        "stop": {"thread_id": thread_id},
+        "setthreadtopic": {"thread_id": thread_id, "topic": "forged"},
+        "deletethread": {"thread_id": thread_id},
+        "editthread": {"source_thread_id": thread_id, "user_index": 0},
+        "userfeedback": {"thread_id": thread_id, "feedback_index": 0, "feedback": "down"},
+    }
+    assert set(routes) == {r.name for r in ROUTES if r.action != "read"}
+    return routes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -56,11 +71,7 @@ class TestRouteActions:
 
         # GET is no "read" here: streamresponse runs code, deletethread deletes (an unknown id, so that only the
         # authorizer can be what refuses it: without it the answer would be 404).
-        for route, params in (
-            ("streamresponse", {"input": "run something", "chatbot": "fake-text"}),
-            ("deletethread", {"thread_id": "nosuchthread"}),
-            ("stop", {"thread_id": "nosuchthread"}),
-        ):
+        for route, params in changing_routes("nosuchthread").items():
             for method in ("GET", "POST"):
                 assert_refused(await api(route, user="bob", method=method, raise_error=False, **params), "may not")
         assert len(fake_llm.requests) == requests_before, "the refused turn never reached the LLM"
@@ -132,11 +143,7 @@ class TestCookieXsrf:
         for cookie in (login_only, with_xsrf_cookie):
             for extra in (CROSS_SITE, {"Referer": "http://localhost/", "Sec-Fetch-Site": "same-origin"}, {}):
                 headers = {"Cookie": cookie, **extra}
-                for route, params in (
-                    ("deletethread", {"thread_id": thread_id}),
-                    ("streamresponse", {"input": "print(1)", "chatbot": "fake-text"}),
-                    ("setthreadtopic", {"thread_id": thread_id, "topic": "forged"}),
-                ):
+                for route, params in changing_routes(thread_id).items():
                     for method in ("GET", "POST"):
                         response = await fetch(f"api/chatbot/{route}", method=method, headers=headers, **params)
                         assert_refused(response, "xsrf")
@@ -147,7 +154,8 @@ class TestCookieXsrf:
         assert len(fake_llm.requests) == requests_before, "no refused turn reached the LLM"
         stored = await fetch("api/chatbot/getthread", headers=jp_auth_header, thread_id=thread_id)
         assert stored.code == 200, "the thread is still there"
-        (listed,) = body_json(await fetch("api/chatbot/getuserthreads", headers=jp_auth_header))[0]
+        assert not [v for v in body_json(stored) if "feedback" in v]
+        (listed,) = body_json(await fetch("api/chatbot/getuserthreads", headers=jp_auth_header))[0]  # no fork
         assert listed["topic"] != "forged"
 
     async def test_panel_token_and_cookie_reads_still_work(self, fetch, jp_auth_header):
@@ -187,12 +195,16 @@ REFUSED = (
     ("DELETE", "api/contents/secret.txt"),
     ("GET", "api/contents/secret.txt/checkpoints"),
     ("POST", "api/contents/secret.txt/checkpoints"),
+    ("POST", "api/contents/secret.txt/trust"),
+    ("GET", "api/resolvePath?path=secret.txt"),
     ("GET", "files/secret.txt"),
     ("GET", "view/secret.txt"),
     ("GET", "api/kernels"),
     ("POST", "api/kernels"),
     ("GET", "api/sessions"),
     ("POST", "api/sessions"),
+    ("GET", "api/sessions/00000000-0000-0000-0000-000000000000"),
+    ("DELETE", "api/sessions/00000000-0000-0000-0000-000000000000"),
     ("GET", "api/kernelspecs"),
     ("GET", "api/kernelspecs/python3"),
     ("GET", "kernelspecs/python3/kernel.json"),
@@ -201,7 +213,10 @@ REFUSED = (
     ("PATCH", "api/config/notebook"),
     ("GET", "api/nbconvert"),
     ("GET", "nbconvert/html/notebook.ipynb"),
+    ("POST", "nbconvert/html"),
     ("GET", "api/status"),
+    ("GET", "api/spec.yaml"),
+    ("POST", "api/security/csp-report"),
     ("POST", "api/events"),
     ("POST", "api/shutdown"),
 )
@@ -276,10 +291,19 @@ async def test_standalone_serves_the_chatbot_api_and_nothing_else(tmp_path: Path
             assert turn.status_code == 200 and parse_lines(turn.content)[-1]["variant"] == "StreamEnd", turn.text
             (connection,) = (server.workdir / "jupyter" / "runtime").glob("kernel-*.json")
             kernel_id = connection.stem.removeprefix("kernel-")
-            url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels"
-            with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
-                await tornado.websocket.websocket_connect(tornado.httpclient.HTTPRequest(url, headers=BEARER))
-            assert refused.value.code == 403
+            for method, path in (
+                ("GET", f"api/kernels/{kernel_id}"),
+                ("POST", f"api/kernels/{kernel_id}/interrupt"),
+                ("POST", f"api/kernels/{kernel_id}/restart"),
+                ("DELETE", f"api/kernels/{kernel_id}"),
+            ):
+                assert (await client.request(method, path)).status_code == 403, (method, path)
+            for path in (f"api/kernels/{kernel_id}/channels", "api/events/subscribe"):
+                url = f"ws://127.0.0.1:{server.port}/{path}"
+                with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
+                    await tornado.websocket.websocket_connect(tornado.httpclient.HTTPRequest(url, headers=BEARER))
+                assert refused.value.code == 403, path
+            assert connection.exists(), "the kernel was not shut down"
             for method, path in EXEMPT:
                 response = await client.request(method, path)
                 assert response.status_code in (200, 302), (method, path, response.status_code)

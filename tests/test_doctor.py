@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,8 +12,11 @@ import pytest
 import yaml
 
 from freva_gpt_ext import __version__
+from freva_gpt_ext.app import AUTHORIZER_FIX
+from tests.fake_auth import SYSTEMUSER_PATH, FakeAuth
 from tests.fake_llm import catalogue_yaml
 from tests.server_process import FakeLLMProcess, clean_env, free_port
+from tests.test_science import gated_spec
 
 pytestmark = pytest.mark.timeout(300)
 ANSWERED = "ok    model '%s': answered a one-token request"
@@ -122,3 +126,57 @@ def test_the_kernel_and_its_packages(tmp_path: Path, llm: FakeLLMProcess) -> Non
     assert missing.returncode == 1
     (failed,) = lines(missing, "FAIL", "kernel")
     assert "'no-such-spec'" in failed and "python3" in failed, failed
+
+
+def test_standalone_needs_the_chatbot_only_authorizer(tmp_path: Path, llm: FakeLLMProcess) -> None:
+    """`jupyter freva-gpt` with another authorizer refuses to start: the doctor says so, and what to set."""
+    catalogue = write_catalogue(tmp_path, llm.base_url)
+    allow_all = "jupyter_server.auth.authorizer.AllowAllAuthorizer"
+    result = doctor(
+        tmp_path, catalogue, "--FrevaGPT.code_interpreter=False", f"--ServerApp.authorizer_class={allow_all}"
+    )
+    assert result.returncode == 1, result.stdout
+    (failed,) = lines(result, "FAIL", "identity")
+    assert failed == (
+        f"FAIL  identity: standalone (jupyter freva-gpt): the freva-rest bearer identity with the authorizer "
+        f"{allow_all}: the server refuses to start"
+    )
+    after = result.stdout.splitlines()[result.stdout.splitlines().index(failed) + 1]
+    assert after == f"      -> {AUTHORIZER_FIX}"
+
+
+async def test_rest_url_must_answer_as_freva_rest(tmp_path: Path, llm: FakeLLMProcess) -> None:
+    catalogue = write_catalogue(tmp_path, llm.base_url)
+    options = ["--FrevaGPT.code_interpreter=False"]
+    async with FakeAuth() as auth:
+        # Run without blocking the loop that serves the fake auth server.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "jupyter", "freva-gpt", "doctor", f"--FrevaGPT.data_dir={tmp_path / 'data'}", *options),
+            f"--FrevaGPT.rest_url={auth.url}",
+            cwd=tmp_path,
+            env=clean_env(tmp_path / "jupyter", FREVAGPT_LITELLM_CONFIG=str(catalogue)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        stdout = (await asyncio.wait_for(proc.communicate(), 240))[0].decode()
+    assert proc.returncode == 0, stdout
+    assert f"ok    identity: standalone, bearer tokens are checked at {auth.url}{SYSTEMUSER_PATH}" in stdout
+
+    # A server that is no freva-rest (here the LLM's: 404), and none at all.
+    for rest_url, answer in ((llm.base_url, "answered 404"), (f"http://127.0.0.1:{free_port()}", "failed")):
+        result = doctor(tmp_path, catalogue, *options, f"--FrevaGPT.rest_url={rest_url}")
+        assert result.returncode == 1, result.stdout
+        (failed,) = lines(result, "FAIL", "identity")
+        assert failed.startswith(f"FAIL  identity: rest_url: GET {rest_url}{SYSTEMUSER_PATH} {answer}"), failed
+
+
+def test_missing_kernel_packages_are_named_with_how_to_install_them(tmp_path: Path, llm: FakeLLMProcess) -> None:
+    gate, _ = gated_spec(tmp_path / "jupyter" / "data" / "kernels", "gated", hide="xarray,cartopy")
+    gate.touch()
+    result = doctor(tmp_path, write_catalogue(tmp_path, llm.base_url), "--FrevaGPT.kernel_spec=gated")
+    # A warning, not a failure: the server works, the model's code does without them.
+    assert result.returncode == 0, result.stdout
+    (warned,) = lines(result, "WARN", "kernel packages")
+    assert warned.endswith(": missing xarray, cartopy: the model's code will not use them"), warned
+    after = result.stdout.splitlines()[result.stdout.splitlines().index(warned) + 1]
+    assert f"{sys.executable} -m pip install '.[science]' from a checkout" in after, after

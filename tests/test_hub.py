@@ -1,6 +1,7 @@
 """Under a real JupyterHub (tests/hub.py): a cross-site link through the hub's proxy changes and runs nothing, a
 user's token does not open another user's server, and each chatbot route given another user's thread or kernel id
-knows nothing of it (API.md: an unknown thread id is a new thread with that id, an unknown kernel 404).
+knows nothing of it (API.md: an unknown thread id is a new thread with that id, an unknown kernel 404); the code
+the assistant runs never sees the hub's token of the server.
 """
 
 from __future__ import annotations
@@ -107,3 +108,12 @@ def test_each_route_knows_nothing_of_the_other_users_threads_and_kernels(hub: Hu
         assert started[0]["content"]["thread_id"] == alice_thread
         assert bob.get("api/chatbot/getthread", params={"thread_id": alice_thread}).json()[0]["content"] == "take over"
         assert alice.get("api/chatbot/getthread", params={"thread_id": alice_thread}).json() == alice_history
+
+
+def test_a_kernel_on_the_hub_gets_no_hub_token(hub: Hub) -> None:
+    """JupyterHub hands each user server its API token (JUPYTERHUB_API_TOKEN, JPY_API_TOKEN): code the assistant
+    runs never sees it."""
+    code = "import os; print(sorted(k for k in os.environ if 'TOKEN' in k or k.startswith(('JPY_API', 'JUPYTERHUB_'))))"
+    with hub.client("alice") as alice:
+        lines = turn(alice, input=f'[[fake:code code="{code}"]]', chatbot="fake-code")
+    assert [line["content"] for line in lines if line["variant"] == "CodeOutput"] == ["[]\n"], lines

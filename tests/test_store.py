@@ -598,6 +598,28 @@ async def test_sqlite_close_writes_pending(db_path: Path) -> None:
         await reopened.aclose()
 
 
+async def test_sqlite_close_ends_its_threads_and_connections_and_keeps_late_writes(db_path: Path) -> None:
+    before = set(threading.enumerate())
+    store = SQLiteThreadStore(db_path)
+    await store.create("t1", ALICE)
+    await store.append("t1", Variant("User", "first"))
+    assert await store.read("t1") == [Variant("User", "first")]  # the reader connection is open too
+    with _locked(db_path):  # the writer cannot finish its batch: the close waits for it
+        await store.append("t1", Variant("Assistant", "an answer"))
+        closing = asyncio.ensure_future(store.aclose())
+        await asyncio.sleep(0)  # the close has begun (it runs first)
+        await store.extend_last("t1", " that ends while the server stops")
+    await asyncio.wait_for(closing, 30)
+    assert [t.name for t in set(threading.enumerate()) - before] == []
+    # SQLite removes the write-ahead log when the last connection to the file closes.
+    assert not db_path.with_name(db_path.name + "-wal").exists()
+    reopened = SQLiteThreadStore(db_path)
+    try:
+        assert (await reopened.read("t1"))[-1] == Variant("Assistant", "an answer that ends while the server stops")
+    finally:
+        await reopened.aclose()
+
+
 async def test_sqlite_errors_surface_as_store_error(tmp_path: Path) -> None:
     broken = tmp_path / "not-a-db.sqlite"
     broken.write_bytes(b"this is not a database file" * 100)

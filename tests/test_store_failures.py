@@ -179,3 +179,13 @@ async def test_a_database_failing_mid_stream_ends_the_stream_with_an_error(api, 
     assert errors and "variants" in errors[0]
     assert lines[-1]["variant"] == "StreamEnd"
     assert (await api("getuserthreads", user="bob")).code == 200
+    # A 503 says what failed, never where the server keeps its files (the log does).
+    broken = await api("getthread", thread_id=lines[0]["content"]["thread_id"], raise_error=False)
+    assert broken.code == 503
+    detail = body_json(broken)["detail"]
+    assert detail.startswith("The thread store failed: the database failed") and "variants" in detail, detail
+    for text in (detail, *errors):
+        assert str(tmp_path) not in text and "sqlite3" not in text, text
+    # The failed turn let go of its thread: another turn on it is refused for the broken store, not as busy (409).
+    again = await api("streamresponse", thread_id=lines[0]["content"]["thread_id"], input="again", raise_error=False)
+    assert again.code == 503, again.body

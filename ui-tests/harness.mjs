@@ -3,7 +3,7 @@
  * Jupyter dirs, no news toast), and headless Chromium through playwright-core.
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync, openSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -65,11 +65,17 @@ function cleanEnv(extra) {
   return { ...env, PYTHONUNBUFFERED: '1', ...extra };
 }
 
+/** The end of a child's log, for an error message (the log itself goes with the temporary folder). */
+function logTail(child) {
+  const lines = readFileSync(child.log, 'utf-8').trimEnd().split('\n').slice(-30);
+  return `; the end of ${child.log}:\n${lines.join('\n')}`;
+}
+
 async function waitFor(what, check, timeoutMs, child) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (child && child.proc.exitCode !== null) {
-      throw new Error(`${child.name} exited with ${child.proc.exitCode}; see ${child.log}`);
+      throw new Error(`${child.name} exited with ${child.proc.exitCode}${logTail(child)}`);
     }
     try {
       const value = await check();
@@ -80,7 +86,7 @@ async function waitFor(what, check, timeoutMs, child) {
       // not yet
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}${child ? `; see ${child.log}` : ''}`);
+      throw new Error(`timed out waiting for ${what}${child ? logTail(child) : ''}`);
     }
     await sleep(200);
   }

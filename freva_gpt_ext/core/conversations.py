@@ -227,21 +227,26 @@ class Turn:
                 for text in (error, late):
                     if text:
                         await self.emit(Variant(SERVER_ERROR, text))
-                reason = STOPPED_BY_USER if stopped else "Stream ended with an error." if error else STREAM_DONE
+                reason = STOPPED_BY_USER if stopped else STREAM_FAILED if error else STREAM_DONE
                 await self.emit(Variant(STREAM_END, reason))
             except Exception as err:
                 # The store failed: the client still learns why and gets its StreamEnd.
                 self.log.exception("Could not store the end of thread %s", self.thread_id)
                 self._queue(Variant(SERVER_ERROR, f"The thread store failed: {err}"))
-                self._queue(Variant(STREAM_END, "Stream ended with an error."))
+                self._queue(Variant(STREAM_END, STREAM_FAILED))
         finally:
             for task in (worker, watcher, heart):
                 task.cancel()
             try:
-                await self.store.sync(self.thread_id)
-                await self.store.release_lease(self.thread_id, self.holder)
-            except Exception:
-                self.log.exception("Could not finish thread %s cleanly", self.thread_id)
+                try:
+                    await self.store.sync(self.thread_id)
+                except Exception:
+                    self.log.exception("Could not finish storing thread %s", self.thread_id)
+                # Even after a store failure: a lease left behind would refuse the thread (409) until it expires.
+                try:
+                    await self.store.release_lease(self.thread_id, self.holder)
+                except Exception:
+                    self.log.exception("Could not release the lease of thread %s; it expires by itself", self.thread_id)
             finally:
                 # Even when this task is cancelled (shutdown), readers and the registry learn it ended.
                 self.finished = True
@@ -332,11 +337,17 @@ class Conversations:
         produce: Callable[[list[Variant]], AsyncIterator[Variant]],
         name_thread: Callable[[str], Awaitable[str]] | None = None,
     ) -> Turn:
-        """Take the lease, store the user's message and start the turn; `ThreadBusy` when it streams."""
+        """Take the lease, store the user's message and start the turn; `ThreadBusy` when it streams, or when
+        another user's turn has taken the id since the thread was chosen."""
         holder = uuid.uuid4().hex
         if not await store.acquire_lease(thread_id, holder, self.settings.lease_ttl):
             raise ThreadBusy(thread_id)
         try:
+            info = await store.info(thread_id)
+            if info is not None and info.user_id != owner:
+                # The id was free when chosen (a new thread), but another user's turn created it before this
+                # one held the lease: never write into their thread, nor read its history.
+                raise ThreadBusy(thread_id)
             await store.create(thread_id, owner, provisional_topic(user_input))
             history = await store.read(thread_id)
             turn = Turn(

@@ -219,15 +219,9 @@ class ChatbotHandler(ExtensionHandlerMixin, APIHandler):
     def store_for(self) -> ThreadStore:
         return self.service.store_for(self.request)
 
-    async def thread_info(self, store: ThreadStore, thread_id: str) -> ThreadInfo | None:
-        try:
-            return await store.info(thread_id)
-        except StoreError as err:
-            raise ApiError(503, f"The thread store failed: {err}") from err
-
     async def readable_thread(self, store: ThreadStore, thread_id: str) -> ThreadInfo:
         """A thread the caller may read: theirs, or anyone's while sharing is on."""
-        info = await self.thread_info(store, thread_id)
+        info = await store.info(thread_id)
         if info is None or (info.user_id != self.owner and not self.service.thread_sharing):
             raise ApiError(404, "Thread not found.")
         return info

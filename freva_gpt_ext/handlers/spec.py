@@ -25,7 +25,8 @@ class Route:
     authenticated: bool = True
     # What the authorizer is asked for (jupyter_server's actions), whatever the HTTP method: `read`, `write`
     # (changes something) or `execute` (may run code). Every route but `read` needs XSRF from cookie sessions.
-    action: str = "read"
+    # The default fails closed: a route that forgets to say it only reads is treated as a change.
+    action: str = "write"
 
 
 THREAD = Param("thread_id", "string", "Thread id (`[A-Za-z0-9_-]{1,64}`).", required=True)
@@ -41,16 +42,20 @@ ROUTES: tuple[Route, ...] = (
         'Liveness check: `{status: "ok", version}`, or `{status: "degraded", version, detail}` when the model '
         "catalogue cannot be used (`detail` says where and what to fix). Needs no authentication.",
         authenticated=False,
+        action="read",
     ),
-    Route("help", "Help on every route, or on one.", (Param("endpoint", "string", "Name of one route."),)),
-    Route("docs", "Human-readable documentation of this API.", answer="text/markdown"),
-    Route("openapi.json", "The OpenAPI 3 document of this API."),
+    Route(
+        "help", "Help on every route, or on one.", (Param("endpoint", "string", "Name of one route."),), action="read"
+    ),
+    Route("docs", "Human-readable documentation of this API.", answer="text/markdown", action="read"),
+    Route("openapi.json", "The OpenAPI 3 document of this API.", action="read"),
     Route(
         "availablechatbots",
         "Names of the chat models in catalogue order; the first is the default. An empty list comes with the "
         "reason (a broken or missing catalogue) in the header `X-FrevaGPT-Detail` (one line, at most 200 characters).",
+        action="read",
     ),
-    Route("newthread", "A fresh, unguessable thread id (nothing is recorded)."),
+    Route("newthread", "A fresh, unguessable thread id (nothing is recorded).", action="read"),
     Route(
         "streamresponse",
         "Ask the assistant. Answers an NDJSON stream: one `{variant, content}` object per line, first a "
@@ -77,21 +82,23 @@ ROUTES: tuple[Route, ...] = (
         answer="application/x-ndjson",
         action="execute",
     ),
-    Route("stop", "Stop the thread's running answer.", (THREAD,), action="write"),
-    Route("getthread", "The stored variants of a thread.", (THREAD, SHOW_TOOLS)),
-    Route("getuserthreads", "The caller's threads, newest activity first: `[[threads], total]`.", PAGING),
+    Route("stop", "Stop the thread's running answer.", (THREAD,)),
+    Route("getthread", "The stored variants of a thread.", (THREAD, SHOW_TOOLS), action="read"),
+    Route(
+        "getuserthreads", "The caller's threads, newest activity first: `[[threads], total]`.", PAGING, action="read"
+    ),
     Route(
         "searchthreads",
         "The caller's threads whose topic or messages contain `query` (any case): `[[threads], total]`.",
         (Param("query", "string", "Text to look for.", required=True), *PAGING),
+        action="read",
     ),
     Route(
         "setthreadtopic",
         "Rename a thread.",
         (THREAD, Param("topic", "string", "The new topic.", required=True)),
-        action="write",
     ),
-    Route("deletethread", "Delete a thread, its feedback and its kernel (files stay).", (THREAD,), action="write"),
+    Route("deletethread", "Delete a thread, its feedback and its kernel (files stay).", (THREAD,)),
     Route(
         "editthread",
         "Fork a thread before one of its user messages: `{new_thread_id, history}`.",
@@ -100,7 +107,6 @@ ROUTES: tuple[Route, ...] = (
             Param("user_index", "integer", "0-based index among the thread's User messages.", required=True),
             SHOW_TOOLS,
         ),
-        action="write",
     ),
     Route(
         "userfeedback",
@@ -110,7 +116,6 @@ ROUTES: tuple[Route, ...] = (
             Param("feedback_index", "integer", "0-based index among Assistant and Code messages.", required=True),
             Param("feedback", "string", "`up`, `down`, free text, or `remove`.", required=True),
         ),
-        action="write",
     ),
 )
 

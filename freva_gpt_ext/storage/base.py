@@ -39,7 +39,8 @@ class ThreadInfo:
 
 
 class StoreError(Exception):
-    """The store (database) failed; handlers answer 503."""
+    """The store (database) failed; handlers answer 503 and streams end with its message, so that message
+    says what failed but never where the server keeps its files (stores log those)."""
 
 
 @runtime_checkable

@@ -204,7 +204,8 @@ class _Worker:
 
     def __init__(self, name: str) -> None:
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
 
     def submit(self, work: Callable[[], T]) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -212,8 +213,9 @@ class _Worker:
         return future
 
     def stop(self) -> None:
-        """The thread ends after the calls submitted so far."""
+        """End the thread. Called once its last call is done: it has nothing left but to return."""
         self._queue.put(None)
+        self._thread.join()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -322,16 +324,17 @@ class SQLiteThreadStore:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _error(self, exc: BaseException) -> StoreError:
+        """What a client may read of a failure: never the server's paths (the log names the file)."""
         if _is_busy(exc):
-            return StoreError(
-                f"The thread database {self._path} stayed locked by another process for more than "
-                f"{self._busy_timeout:g} s."
-            )
-        return StoreError(f"The thread database {self._path} failed: {type(exc).__name__}: {exc}")
+            text = f"the database stayed locked by another process for more than {self._busy_timeout:g} s"
+        else:
+            text = f"the database failed ({type(exc).__name__}: {exc})"
+        log.error("The thread database %s failed: %s", self._path, text)
+        return StoreError(text)
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreError(f"The thread database {self._path} is closed.")
+            raise StoreError("the thread store is closed (the server is stopping)")
 
     def _now(self) -> float:
         # Strictly increasing within the process, so activity order is exact even for writes that fall
@@ -482,7 +485,7 @@ class SQLiteThreadStore:
                 failed[op.thread_id] = self._error(exc)
                 if not isinstance(op, _Create):
                     self._lost_tails.add(op.thread_id)
-                log.error("Dropped a write to thread %s: %s", op.thread_id, failed[op.thread_id])
+                log.error("Dropped a write to thread %s", op.thread_id)
             if isolated:
                 conn.execute("RELEASE op")
         for thread_id, at in touched.items():
@@ -506,7 +509,7 @@ class SQLiteThreadStore:
         error = self._error(exc)
         threads = {op.thread_id for op in ops}
         self._lost_tails.update(op.thread_id for op in ops if not isinstance(op, _Create))
-        log.error("Dropped %d buffered writes to %d threads: %s", len(ops), len(threads), error)
+        log.error("Dropped %d buffered writes to %d threads", len(ops), len(threads))
         return dict.fromkeys(threads, error)
 
     # -- buffered writes --------------------------------------------------------------------------
@@ -743,13 +746,16 @@ class SQLiteThreadStore:
     async def aclose(self) -> None:
         if self._closed:
             return
-        # Whatever fails now was logged when it was dropped.
-        self._submit()
-        await self._wait(self._batch - 1)
+        # Every buffered write, also those buffered while waiting, is written; whatever fails now was logged
+        # when it was dropped.
+        while self._ops or self._written < self._batch - 1:
+            self._submit()
+            await self._wait(self._batch - 1)
         self._closed = True
-        # Each connection is closed on its own thread, after whatever that thread still runs.
-        await self._writer.submit(self._conn.close)
+        # Each connection is closed on its own thread, after whatever that thread still runs; the writer's
+        # last, as only a writable connection can fold the write-ahead log into the file and remove it.
         await self._reader_thread.submit(self._close_reader)
+        await self._writer.submit(self._conn.close)
         self._writer.stop()
         self._reader_thread.stop()
 

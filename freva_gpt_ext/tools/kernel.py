@@ -184,6 +184,10 @@ class KernelTool:
         """The kernel spec of the kernel this turn's code runs in (None: a notebook kernel that is gone)."""
         return await self.pool.kernel_spec_of(ctx)
 
+    def environment(self) -> dict[str, str]:
+        """The environment of the per-thread kernels, before their `THREAD_ID` (see `kernel_env.py`)."""
+        return self.pool.environment()
+
     # -- the thread's kernel ------------------------------------------------------------------------------
     async def _thread_connection(self, ctx: ToolContext) -> tuple[KernelConnection, list[Variant]]:
         state = self.pool.thread(ctx)

@@ -1,10 +1,11 @@
 """The kernels `code_interpreter` runs code in, and their lifecycle (running code in them is `kernel.py`'s job).
 
 - One kernel per thread, keyed by (scope, thread id) so that a memory-only thread and a stored one with the same id
-  never share one. Started through the server's kernel manager (JupyterLab lists it), working in
-  `<kernel_root>/<thread_id>/` (standalone, where one account serves every user: `<kernel_root>/<user>/<thread_id>/`),
-  with an allow-listed environment (`kernel_env.py`) plus `THREAD_ID` and the Freva configuration. Shut down when idle
-  (the reaper), when its thread is deleted and when the server stops.
+  never share one, and never handed to a user other than the one it was started for. Started through the server's
+  kernel manager (JupyterLab lists it), working in `<kernel_root>/<thread_id>/` (standalone, where one account serves
+  every user: `<kernel_root>/<user>/<thread_id>/`), with an allow-listed environment (`kernel_env.py`) plus
+  `THREAD_ID` and the Freva configuration. Shut down when idle (the reaper), when its thread is deleted and when the
+  server stops.
 - Connections of our own to the users' notebook kernels, which we never shut down; closed when idle.
 """
 
@@ -43,8 +44,9 @@ def user_folder(name: str) -> str:
 
 @dataclass(eq=False)
 class ThreadKernel:
-    """A thread's kernel, and the code that succeeded in it during the current turn (for a replay)."""
+    """A thread's kernel, whose it is, and the code that succeeded in it during the current turn (for a replay)."""
 
+    owner: str
     conn: KernelConnection | None = None
     turn: ToolContext | None = None
     turn_codes: list[tuple[str, str]] = field(default_factory=list)
@@ -89,6 +91,10 @@ class KernelPool:
         self._shutdowns: set[asyncio.Future[Any]] = set()  # kernel shutdowns: awaited at the end, never cut
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+
+    def environment(self) -> dict[str, str]:
+        """A kernel's own environment (the probe's too), allow-listed from the server's (read, never written)."""
+        return kernel_environment(os.environ, extra=self.kernel_env, withheld=self.withheld_env)
 
     def kernel_owner(self, kernel_id: str) -> str | None:
         """The owner of the thread whose kernel this is; None when it is no per-thread kernel of ours."""
@@ -140,7 +146,15 @@ class KernelPool:
         """The thread's kernel record (created on first use), marked as used by this turn."""
         if not THREAD_ID_RE.fullmatch(ctx.thread_id):
             raise KernelFailure(f"Invalid thread id {ctx.thread_id!r}.")
-        state = self._threads.setdefault((ctx.scope, ctx.thread_id), ThreadKernel())
+        key = (ctx.scope, ctx.thread_id)
+        state = self._threads.get(key)
+        if state is None or state.owner != ctx.owner:
+            if state is not None and state.conn is not None:
+                # The id's thread vanished while its kernel lived on (dropped from memory, or deleted through
+                # another server process) and names another user's thread now: the old kernel is not theirs.
+                state.conn.close()
+                self._shutdown_later(state.conn.kernel_id)
+            state = self._threads[key] = ThreadKernel(ctx.owner)
         if state.turn is not ctx:
             state.turn, state.turn_codes = ctx, []
         state.last_used = time.monotonic()
@@ -154,8 +168,7 @@ class KernelPool:
         # Standalone, one account serves every user: a folder per user keeps their threads apart.
         cwd = self.kernel_root / user_folder(ctx.owner) if self.folder_per_user else self.kernel_root
         cwd /= ctx.thread_id
-        # The kernel's own environment, allow-listed from the server's (which is read, never written).
-        env = kernel_environment(os.environ, extra=self.kernel_env, withheld=self.withheld_env)
+        env = self.environment()
         env["THREAD_ID"] = ctx.thread_id
         config = self._config_file(ctx.headers)
         if config:

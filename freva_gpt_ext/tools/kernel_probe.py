@@ -2,8 +2,9 @@
 
 The system prompt names only the packages the kernel has (the model would otherwise write imports that fail),
 and none while the probe has not answered: a turn never waits for a probe. The probe kernel is started with
-jupyter_client directly (not the server's kernel manager: JupyterLab does not list it) and shut down as soon
-as it has answered, or when the extension stops.
+jupyter_client directly (not the server's kernel manager: JupyterLab does not list it), with the environment of
+the per-thread kernels (`kernel_env.py`: none of the server's secrets), and shut down as soon as it has answered,
+or when the extension stops.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from jupyter_client.manager import AsyncKernelManager
@@ -34,6 +36,7 @@ PACKAGES = {
 }
 # Not a package: the folder in which cartopy finds Natural Earth's 110m coastlines without a download.
 NATURAL_EARTH = "natural_earth"
+_MARK = "FREVA_GPT_PROBE "
 
 # Runs in any Python kernel without importing the packages (except cartopy, for its data folders), leaves no
 # names behind and prints one JSON line: {import name: version, NATURAL_EARTH: folder}.
@@ -58,11 +61,10 @@ def _freva_gpt_probe():
                     break
         except Exception:
             pass
-    print("FREVA_GPT_PROBE " + json.dumps(found))
+    print({_MARK!r} + json.dumps(found))
 _freva_gpt_probe()
 del _freva_gpt_probe
 """
-_MARK = "FREVA_GPT_PROBE "
 
 
 class ProbeError(Exception):
@@ -79,16 +81,17 @@ def parse_probe_output(text: str) -> dict[str, str]:
 
 
 async def probe_kernel_spec(
-    kernel_name: str, *, kernel_spec_manager: Any = None, timeout: float = 60.0
+    kernel_name: str, *, env: Mapping[str, str], kernel_spec_manager: Any = None, timeout: float = 60.0
 ) -> dict[str, str]:
     """{import name: version} of `PACKAGES` that a fresh kernel of `kernel_name` can import, plus `NATURAL_EARTH`.
 
-    Starts a kernel of that spec, runs `PROBE_CODE` and shuts the kernel down, also when cancelled. Raises
-    `ProbeError` (or the kernel manager's error, e.g. for an unknown spec) when it cannot answer in `timeout`.
+    Starts a kernel of that spec with `env` (the spec's own `env` on top), runs `PROBE_CODE` and shuts the kernel
+    down, also when cancelled. Raises `ProbeError` (or the kernel manager's error, e.g. for an unknown spec) when
+    it cannot answer in `timeout`.
     """
     options = {"kernel_spec_manager": kernel_spec_manager} if kernel_spec_manager is not None else {}
     km = AsyncKernelManager(kernel_name=kernel_name, **options)
-    start = asyncio.ensure_future(km.start_kernel())
+    start = asyncio.ensure_future(km.start_kernel(env=dict(env)))
     try:
         # A stop while the kernel starts must not leave a kernel process behind: let the start finish.
         await asyncio.shield(start)
@@ -128,8 +131,16 @@ async def _shutdown(km: AsyncKernelManager) -> None:
 class KernelProbes:
     """Probe results per kernel spec, each probed once in the background on the first ask."""
 
-    def __init__(self, kernel_spec_manager: Any = None, *, timeout: float = 60.0, log: logging.Logger | None = None):
+    def __init__(
+        self,
+        kernel_spec_manager: Any = None,
+        *,
+        env: Mapping[str, str],
+        timeout: float = 60.0,
+        log: logging.Logger | None = None,
+    ):
         self.kernel_spec_manager = kernel_spec_manager
+        self.env = env
         self.timeout = timeout
         self.log = log or logging.getLogger(__name__)
         self._results: dict[str, dict[str, str]] = {}
@@ -146,10 +157,8 @@ class KernelProbes:
     async def _probe(self, kernel_name: str) -> None:
         try:
             found = await probe_kernel_spec(
-                kernel_name, kernel_spec_manager=self.kernel_spec_manager, timeout=self.timeout
+                kernel_name, env=self.env, kernel_spec_manager=self.kernel_spec_manager, timeout=self.timeout
             )
-        except asyncio.CancelledError:
-            raise
         except Exception as err:
             # Not retried: the prompt keeps naming no optional package for this spec.
             self.log.warning("Could not probe the packages of kernel spec %r: %s", kernel_name, err)

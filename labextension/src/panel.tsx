@@ -43,6 +43,8 @@ function useSignals(...signals: ISignal<unknown, unknown>[]): void {
   useEffect(() => {
     const bump = () => setTick(t => t + 1);
     signals.forEach(s => s.connect(bump));
+    // The effect runs after the first render: what emitted in between (e.g. the models loaded) shows now.
+    bump();
     return () => signals.forEach(s => s.disconnect(bump));
   }, signals);
 }
@@ -394,7 +396,7 @@ function ThreadsView(props: { panel: FrevaPanel }): JSX.Element {
             : trans.__('No threads yet.')}
         </div>
       )}
-      <ul className="freva-gpt-thread-list" aria-busy={loading} data-page={shown?.page ?? ''}>
+      <ul className="freva-gpt-thread-list" aria-busy={loading}>
         {shown?.threads.map(thread => (
           <ThreadItem
             key={thread.thread_id}
