@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +33,14 @@ FEEDBACK_VARIANTS = frozenset({ASSISTANT, CODE})
 TOOL_VARIANTS = frozenset({TOOL_CALL, TOOL_OUTPUT})
 
 STOPPED_BY_USER = "Stream is stopped by user."
-IMAGE_LINE_CHARS = 16384
 CODE_TOOL_NAME = "code_interpreter"
+# What the LLM reads in a tool result for each figure the code showed (the stored CodeOutput has no placeholder).
+FIGURE_NOTE = "[figure]"
+
+# A `Code` variant holds its call's arguments in one canonical form, `{"code":"<escaped code>"}` (API.md): what
+# climateclaw-client's parser renders, streamed as the prefix, the escaped code in fragments, the suffix.
+CODE_PREFIX = '{"code":"'
+CODE_SUFFIX = '"}'
 
 THREAD_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # use with fullmatch
 
@@ -78,39 +83,31 @@ class Variant:
 
 
 def hint(**content: str | int | float) -> Variant:
-    return Variant(SERVER_HINT, content)
+    return Variant(SERVER_HINT, {k: _hint_text(v) if isinstance(v, str) else v for k, v in content.items()})
 
 
-# Strict JSON, non-ASCII escaped: the web frontend decodes every network read on its own. One encoder for all
-# lines: json.dumps with non-default arguments builds a new one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-_ENCODE_STRING = json.encoder.encode_basestring_ascii
+def _hint_text(text: str) -> str:
+    """climateclaw-client rebuilds a `ServerHint` from the Python repr of its content with `'` replaced by `"`:
+    a quote, an apostrophe or an unprintable character in a value would make that invalid JSON."""
+    text = text.replace("'", "\u2019").replace('"', "\u201d")
+    return text if text.isprintable() else "".join(c if c.isprintable() else " " for c in text)
 
 
-def encode_line(obj: dict[str, Any]) -> bytes:
-    return _ENCODER.encode(obj).encode() + b"\n"
+def escape_code(code: str) -> str:
+    """`code` as the body of a JSON string, escaped as `json.dumps(code, ensure_ascii=False)` escapes it."""
+    return _ESCAPE(code)[1:-1]
 
 
-def _text_line(variant: str, text: str, vid: str | None) -> bytes:
-    """The hot path: one streamed text fragment, without building a dict."""
-    head = b'{"variant":"' + variant.encode() + b'","content":' + _ENCODE_STRING(text).encode()
-    if vid is not None:
-        head += b',"id":' + _ENCODE_STRING(vid).encode()
-    return head + b"}\n"
+def canonical_code(code: str) -> str:
+    return CODE_PREFIX + escape_code(code) + CODE_SUFFIX
 
 
-def wire_lines(variant: Variant) -> Iterator[bytes]:
-    """The NDJSON lines of one variant; a large image is split into lines that share its id."""
-    content = variant.content
-    if variant.variant == IMAGE and isinstance(content, str) and len(content) > IMAGE_LINE_CHARS:
-        for start in range(0, len(content), IMAGE_LINE_CHARS):
-            part = Variant(IMAGE, content[start : start + IMAGE_LINE_CHARS], id=variant.id)
-            yield encode_line(part.wire_dict())
-        return
-    if isinstance(content, str) and variant.tool_name is None:
-        yield _text_line(variant.variant, content, variant.id)
-        return
-    yield encode_line(variant.wire_dict())
+_ESCAPE = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def with_figures(text: str, figures: int) -> str:
+    """A tool result as the LLM reads it: its text, then a note for each figure shown."""
+    return "\n".join([text, *[FIGURE_NOTE] * figures] if text else [FIGURE_NOTE] * figures)
 
 
 def from_stored(doc: dict[str, Any]) -> Variant:
@@ -140,43 +137,6 @@ def from_stored(doc: dict[str, Any]) -> Variant:
         model=doc.get("model"),
         feedback=doc.get("feedback"),
     )
-
-
-def close_json_fragment(text: str) -> str:
-    """The suffix that completes a cut-off JSON object text such as `{"code": "print('a`.
-
-    Escape-aware: an open string (also one ending in a lone backslash) is closed first, then every
-    open bracket. Returns "" when the text is already complete JSON.
-    """
-    if not text.strip():
-        return '{"code": ""}'
-    closers: list[str] = []
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            closers.append("}" if ch == "{" else "]")
-        elif ch in "}]" and closers:
-            closers.pop()
-    close_string = ("\\" if escaped else "") + '"' if in_string else ""
-    tail = "".join(reversed(closers))
-    # The cut may fall after a key, a colon or a comma: try the smallest completions in turn.
-    for middle in ("", ': ""', '""', "null", '"_": null'):
-        suffix = close_string + middle + tail
-        try:
-            json.loads(text + suffix)
-        except ValueError:
-            continue
-        return suffix
-    return close_string + tail
 
 
 def history_with_interruptions(variants: list[Variant]) -> list[Variant]:

@@ -74,7 +74,8 @@ def parse_lines(body: bytes) -> list[dict[str, Any]]:
 def api(jp_fetch) -> Callable[..., Any]:
     """Call a chatbot route as a user: `await api("getthread", user="bob", thread_id=...)`.
 
-    Every stream it receives is read as the web frontend reads it and compared with what the thread stored.
+    Every stream it receives is read as the web frontend and climateclaw-client read it (tests/frontend.py) and
+    compared with what the thread stored.
     """
 
     async def call(route: str, *, user: str = "alice", method: str = "GET", raise_error: bool = True, **params: Any):

@@ -13,6 +13,14 @@ The behaviour comes from the request's model name (provider prefix stripped, unk
 ``fake-text``) or from a directive in the last user message, e.g.
 ``[[fake:code code="print(1)" rounds=2]]``, ``[[fake:text tokens=100 delay=0.01]]`` or ``[[fake: chunk=3]]``
 (``surrogate=1`` puts a lone surrogate in the middle of the answer).
+
+The arguments of tool calls come in deltas of 8 characters of ``json.dumps(arguments)``; directive params shape
+them like real providers do: ``args_split=N`` (N characters per delta, 1: every character on its own),
+``args_split=all`` (all arguments in one delta), ``args_raw='<text>'`` (this exact arguments text for every call
+instead of the JSON dump, e.g. with spaces, ``\\u00e9`` escapes, no ``code`` key, extra keys or cut off) and
+``args_pause=SECONDS`` (silence before argument delta ``args_pause_at=K``, counted from 0 over all calls;
+default 1: a pause in the middle of code generation); ``args_text='<text>'`` sends a text delta right after the
+first call's first argument delta (a provider that mixes text into a tool call).
 """
 
 from __future__ import annotations
@@ -73,6 +81,8 @@ class Reply:
     reset_after: int = -1
     rst: bool = True  # reset with a TCP RST (else a plain close without the chunked terminator)
     repeat_ids: bool = False
+    args_split: int = 8  # characters per tool-call arguments delta; 0: all in one delta
+    args_text: str = ""  # a text delta in the middle of the first call's arguments
 
 
 def _text_of(content: Any) -> str:
@@ -145,8 +155,17 @@ def plan(body: dict[str, Any]) -> Reply:
             reply.text = p.get("text", "The result was: " + "\n".join(results[-len(calls) :]))
         else:
             first = done * len(calls) + 1
-            reply.calls = [(f"call_{first + i}", n, json.dumps(a)) for i, (n, a) in enumerate(calls)]
+            raw = p.get("args_raw")
+            reply.calls = [
+                (f"call_{first + i}", n, json.dumps(a) if raw is None else raw) for i, (n, a) in enumerate(calls)
+            ]
             reply.repeat_ids = behaviour == "fake-repeat-ids"
+            split = p.get("args_split", "8")
+            reply.args_split = 0 if split == "all" else int(split)
+            reply.args_text = p.get("args_text", "")
+            if "args_pause" in p:
+                reply.stall_after = _argument_deltas(reply)[int(num("args_pause_at", 1))]
+                reply.stall = num("args_pause", 0)
     return reply
 
 
@@ -157,13 +176,21 @@ def deltas(reply: Reply) -> list[dict[str, Any]]:
         for i, (cid, name, args) in enumerate(reply.calls):
             head = {"index": i, "id": cid, "type": "function", "function": {"name": name, "arguments": ""}}
             out.append({"content": None, "tool_calls": [head]} if i == 0 else {"tool_calls": [head]})
-            for frag in (args[j : j + 8] for j in range(0, len(args), 8)):
+            step = reply.args_split or len(args) or 1
+            for frag in (args[j : j + step] for j in range(0, len(args), step)):
                 call = {**head, "function": {"name": name, "arguments": frag}} if reply.repeat_ids else None
                 out.append({"tool_calls": [call or {"index": i, "function": {"arguments": frag}}]})
+                if reply.args_text and len(out) == 2:
+                    out.append({"content": reply.args_text})
         return out
     n, text = reply.chunk, reply.text
     parts = [text[j : j + n] for j in range(0, len(text), n)] if n > 0 else re.findall(r"\s*\S+\s*$|\s*\S+", text)
     return [{"content": part} for part in parts or [""]]
+
+
+def _argument_deltas(reply: Reply) -> list[int]:
+    """The indices in deltas(reply) of the deltas that carry tool-call arguments."""
+    return [i for i, d in enumerate(deltas(reply)) if d.get("tool_calls", [{}])[0].get("function", {}).get("arguments")]
 
 
 class _Handler(tornado.web.RequestHandler):

@@ -1,8 +1,10 @@
 """The Freva web frontend's way of reading a stream, as a test oracle applied to every stream the tests see.
 
-It splits the body on newlines, parses each line on its own, merges adjacent lines of one variant (and, for
-Code and Image, one id) into one message, takes the thread id from the first line and commits the last message
-only when `StreamEnd` arrives. `check_stream` also enforces the wire rules of API.md.
+It splits the body on newlines, parses each line on its own, merges adjacent lines of one variant and one id
+(every variant but the control lines `ServerHint` and `StreamEnd`) into one message, takes the thread id from the
+first line and commits the last message only when `StreamEnd` arrives. `read_stream` also enforces the wire rules
+of API.md and feeds the same body to climateclaw-client's parser (tests/climateclaw_oracle.py), so every stream
+checked here is checked against both clients.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-MERGED = {"Assistant", "Code", "Image"}
+from tests.climateclaw_oracle import render_in_climateclaw
+
 CONTROL = {"ServerHint", "StreamEnd"}
 
 
@@ -52,12 +55,7 @@ def read_stream(body: bytes) -> tuple[str, list[Message], bool]:
                 assert not (isinstance(value, float) and math.isnan(value)), line
         if variant == "StreamEnd":
             ended = True
-        if (
-            open_message is not None
-            and variant == open_message.variant
-            and variant in MERGED
-            and line.get("id") == open_message.id
-        ):
+        if open_message is not None and variant == open_message.variant and line.get("id") == open_message.id:
             open_message.content += line["content"]
             continue
         if open_message is not None:
@@ -71,6 +69,7 @@ def read_stream(body: bytes) -> tuple[str, list[Message], bool]:
     if open_message is not None and ended:
         messages.append(open_message)
     assert lines[-1]["variant"] == "StreamEnd", f"the stream closed without StreamEnd: {lines[-1]}"
+    render_in_climateclaw(body)
     return first["content"]["thread_id"], messages, ended
 
 

@@ -228,6 +228,15 @@ class TestBearerIdentity:
             assert response.headers.get("WWW-Authenticate", "").lower().startswith("bearer")
         assert sum(fake_auth.counts.values()) == 0
 
+    async def test_a_request_without_credentials_is_no_warning(self, bare_fetch, caplog):
+        """climateclaw-client always asks without credentials first; a bad token is still worth a warning."""
+        caplog.set_level(logging.DEBUG)
+        assert_detail(await bare_fetch("availablechatbots"), 401)
+        assert_detail(await bare_fetch("getuserthreads", headers={"Authorization": "Bearer bad-token"}), 401)
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records if "api/chatbot/" in r.getMessage()]
+        assert max(level for level, text in lines if "availablechatbots" in text) == logging.DEBUG
+        assert max(level for level, text in lines if "getuserthreads" in text) == logging.WARNING
+
     async def test_invalid_token_is_401(self, bare_fetch, fake_auth):
         response = await bare_fetch("availablechatbots", headers={"Authorization": "Bearer bad-token"})
         assert_detail(response, 401)

@@ -233,7 +233,8 @@ async def test_plots_reach_the_llm_only_when_it_has_vision(api, fake_llm):
         ]
         assert urls == ([f"data:image/png;base64,{image}"] if sees else []), model
         tool_text = next(m["content"] for m in reversed(after_tool) if m["role"] == "tool")
-        assert tool_text == "<Figure size 640x480 with 1 Axes>"  # the LLM learns a figure was shown
+        assert tool_text == "[figure]"  # the LLM learns a figure was shown
+        assert outputs(lines) == [""]  # the figure is the output: no placeholder text is stored or shown
 
 
 async def test_exception_is_readable_output(api, fake_llm):
@@ -541,8 +542,10 @@ def test_output_order_and_odd_messages():
     out.add({"msg_type": "display_data", "content": {"data": "not a dict"}})
     out.add({"msg_type": "display_data", "content": {"data": {"image/png": "iVBO\nRw==\n", "text/plain": "<Figure>"}}})
     out.add({"msg_type": "comm_msg", "content": {}})
-    assert out.text() == "a\n5\nwarn\n<Figure>"
-    assert out.images == ["iVBORw=="]
+    assert out.text() == "a\n5\nwarn\n"  # a figure's `<Figure ...>` text is no output
+    out.add({"msg_type": "display_data", "content": {"data": {"image/png": "iVBORw==", "text/plain": "a caption"}}})
+    assert out.text() == "a\n5\nwarn\na caption"
+    assert out.images == ["iVBORw==", "iVBORw=="]
     out.add({"msg_type": "clear_output", "content": {"wait": False}})
     assert out.text() == "" and out.images == []
     reply = {"content": {"status": "ok", "payload": [{"source": "page", "data": {"text/plain": "Docstring"}}]}}

@@ -123,10 +123,13 @@ async def test_tool_calls_hidden_unless_show_tools(api):
     assert "ToolCall" not in kinds(hidden) and "ToolOutput" not in kinds(hidden)
     assert text_of(hidden) == 'The result was: echo: {"text": "hi"}'
     shown = await turn(api, input='x [[fake:tool tool=echo args=\'{"text": "hi"}\']]', show_tools=True)
-    call = next(x for x in shown if x["variant"] == "ToolCall")
-    assert call["tool_name"] == "echo" and json.loads(call["content"]) == {"text": "hi"}
+    calls = [x for x in shown if x["variant"] == "ToolCall"]
+    # `{"text": "hi"}` alone on a line would read as an object to climateclaw-client: it spans two lines.
+    assert [x["content"] for x in calls] == ["{", '"text": "hi"}']
+    assert {(x["id"], x["tool_name"]) for x in calls} == {(calls[0]["id"], "echo")}
     output = next(x for x in shown if x["variant"] == "ToolOutput")
-    assert output == {"variant": "ToolOutput", "content": 'echo: {"text": "hi"}', "id": call["id"], "tool_name": "echo"}
+    expected = {"variant": "ToolOutput", "content": 'echo: {"text": "hi"}', "id": calls[0]["id"], "tool_name": "echo"}
+    assert output == expected
     tid = hidden[0]["content"]["thread_id"]
     assert kinds(body_json(await api("getthread", thread_id=tid))) == ["User", "Assistant"]
     assert kinds(body_json(await api("getthread", thread_id=tid, show_tools=True))) == [

@@ -20,6 +20,7 @@ class LiveStream:
     def __init__(self, jp_fetch, user: str = "alice", **params: Any) -> None:
         self.lines: list[dict[str, Any]] = []
         self.times: list[float] = []
+        self._body = b""  # as it came, for the oracles
         self._buffer = b""
         self.task = asyncio.ensure_future(
             jp_fetch(
@@ -35,6 +36,7 @@ class LiveStream:
         )
 
     def _chunk(self, data: bytes) -> None:
+        self._body += data
         self._buffer += data
         *complete, self._buffer = self._buffer.split(b"\n")
         for line in complete:
@@ -55,7 +57,7 @@ class LiveStream:
     async def finish(self, timeout: float = 10.0) -> list[dict[str, Any]]:
         await asyncio.wait_for(self.task, timeout)
         assert self._buffer == b"", "the stream ended in the middle of a line"
-        read_stream(b"".join(json.dumps(line).encode() + b"\n" for line in self.lines))
+        read_stream(self._body)
         return self.lines
 
 

@@ -7,7 +7,6 @@ come from another server process), keeps the stream alive with heartbeats, and a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -20,8 +19,7 @@ from ..variants import (
     CODE,
     CODE_ERROR,
     CODE_OUTPUT,
-    IMAGE,
-    RUN_VARIANTS,
+    CODE_SUFFIX,
     SERVER_ERROR,
     SERVER_HINT,
     STOPPED_BY_USER,
@@ -32,12 +30,11 @@ from ..variants import (
     UNSTORED_VARIANTS,
     USER,
     Variant,
-    close_json_fragment,
     hint,
-    wire_lines,
 )
 from .llm import LLMError
 from .topics import is_meaningful, provisional_topic
+from .wire import StreamEncoder, keep_alive_after, lines_of
 
 STREAM_DONE = "Stream ended."
 STREAM_FAILED = "Stream ended with an error."
@@ -85,8 +82,8 @@ class Turn:
         self._last_wire: Variant | None = None
         self._last_line_at = time.monotonic()
         self._status = "thinking"
-        self._images = 0
-        self._open_call: Variant | None = None
+        self._encoder = StreamEncoder()
+        self._open_call: Variant | None = None  # the tool call that awaits its output (variant, id, tool name)
         self._abandoned = False  # the producer did not stop in time: whatever it still yields is dropped
         self.task: asyncio.Task[None] | None = None
 
@@ -104,7 +101,10 @@ class Turn:
         done, _ = await asyncio.wait({syncing}, timeout=self.settings.heartbeat_interval if index else None)
         if not done:
             # The store is slow (another process holds its lock): the stream stays alive meanwhile.
-            return [self._keep_alive(index)], index, False
+            keep_alive = keep_alive_after(self.lines[index - 1], self._status)
+            if keep_alive is not None:
+                return [keep_alive], index, False
+            await asyncio.wait({syncing})
         self._syncing = None
         try:
             syncing.result()
@@ -122,17 +122,9 @@ class Turn:
                 # The answer had ended before the failure came to light: its end must not read as a success.
                 if end is not None and end.variant == STREAM_END:
                     lines = lines[:-1]
-                lines += [*wire_lines(Variant(SERVER_ERROR, reason)), *wire_lines(Variant(STREAM_END, STREAM_FAILED))]
+                lines += [*lines_of(Variant(SERVER_ERROR, reason)), *lines_of(Variant(STREAM_END, STREAM_FAILED))]
             return lines, len(self.lines), True
         return self.lines[index:upto], upto, finished
-
-    def _keep_alive(self, index: int) -> bytes:
-        """A line that changes nothing for the client after the line before `index`."""
-        last = json.loads(self.lines[index - 1])
-        if last.get("variant") in RUN_VARIANTS:
-            # Nothing may split a run of fragments: an empty fragment merges away.
-            return b"".join(wire_lines(Variant(last["variant"], "", id=last.get("id"))))
-        return b"".join(wire_lines(hint(status=self._status)))
 
     def stop(self) -> None:
         self._stop.set()
@@ -148,10 +140,6 @@ class Turn:
         if isinstance(v.content, str) and not v.content.isascii():
             # The client sees what the store keeps: lone surrogates (an LLM may send "\ud800") as U+FFFD.
             v = replace(v, content=clean_text(v.content))
-        if v.variant == IMAGE and self._last_wire is not None and self._last_wire.variant == IMAGE:
-            # The web client merges adjacent lines of one variant: separate two images.
-            self._images += 1
-            self._emit_unstored(hint(image=self._images))
         await self._record(v)
         self._track_call(v)
         if v.variant == SERVER_HINT and isinstance(v.content, dict) and "status" in v.content:
@@ -161,13 +149,12 @@ class Turn:
             return
         self._queue(v)
 
-    def _emit_unstored(self, v: Variant) -> None:
-        self._last_stored = None
-        self._queue(v)
-
     def _queue(self, v: Variant) -> None:
-        self.lines.extend(wire_lines(v))
+        self._add_lines(self._encoder.encode(v))
         self._last_wire = v
+
+    def _add_lines(self, lines: list[bytes]) -> None:
+        self.lines.extend(lines)
         self._last_line_at = time.monotonic()
         self._wake.set()
 
@@ -184,12 +171,8 @@ class Turn:
         await self.store.append(self.thread_id, v)
 
     def _track_call(self, v: Variant) -> None:
-        """Remember the tool call that still awaits its output, with its arguments text so far."""
         if v.variant in (CODE, TOOL_CALL):
-            if self._open_call is not None and self._open_call.variant == v.variant and self._open_call.id == v.id:
-                self._open_call.content += v.content
-            else:
-                self._open_call = Variant(v.variant, v.content, id=v.id, tool_name=v.tool_name)
+            self._open_call = Variant(v.variant, "", id=v.id, tool_name=v.tool_name)
         elif v.variant in (CODE_OUTPUT, TOOL_OUTPUT) and self._open_call is not None and v.id == self._open_call.id:
             self._open_call = None
 
@@ -201,9 +184,8 @@ class Turn:
         if call.variant == TOOL_CALL:
             await self.emit(Variant(TOOL_OUTPUT, reason, id=call.id, tool_name=call.tool_name))
             return
-        suffix = close_json_fragment(call.content)
-        if suffix:
-            await self.emit(Variant(CODE, suffix, id=call.id))
+        if self._encoder.code_open(call.id):
+            await self.emit(Variant(CODE, CODE_SUFFIX, id=call.id))
         await self.emit(Variant(CODE_OUTPUT, "", id=call.id))
         await self.emit(Variant(CODE_ERROR, reason, id=call.id))
 
@@ -307,12 +289,16 @@ class Turn:
             await asyncio.sleep(max(0.0, self._last_line_at + interval - time.monotonic()))
             if time.monotonic() - self._last_line_at < interval * 0.999:
                 continue
-            last = self._last_wire
-            if last is not None and last.variant in RUN_VARIANTS:
-                # Nothing may split a run of fragments: an empty fragment keeps it open and merges away.
-                self._queue(Variant(last.variant, "", id=last.id))
+            lines = self._encoder.keep_alive(self._status)
+            if not self._encoder.run_open:
+                # A line of another variant now separates what follows from the message before it, in the
+                # store as on the wire.
+                self._last_stored = None
+            if lines:
+                self._add_lines(lines)
             else:
-                self._emit_unstored(hint(status=self._status))
+                # Inside an open Code run with nothing held back: the next chance is one interval later.
+                self._last_line_at = time.monotonic()
 
 
 class Conversations:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,14 +14,20 @@ from ..variants import (
     CODE,
     CODE_ERROR,
     CODE_OUTPUT,
+    CODE_PREFIX,
+    CODE_SUFFIX,
     CODE_TOOL_NAME,
     IMAGE,
     SERVER_ERROR,
     TOOL_CALL,
     TOOL_OUTPUT,
     Variant,
+    canonical_code,
+    escape_code,
     hint,
+    with_figures,
 )
+from .code_arguments import CodeArguments
 from .llm import LLMClient, ModelEntry
 from .prompts import PromptLibrary, build_messages
 
@@ -45,14 +52,30 @@ class _Call:
     arguments: str = ""
     first: bool = False
     live: bool = False  # its Code fragments were streamed while the LLM produced them
+    closed: bool = False  # its Code suffix was streamed
+    code: CodeArguments = field(default_factory=CodeArguments)
+    _read: int = 0  # how much of `arguments` the code reader has seen
 
     @property
     def is_code(self) -> bool:
         return self.name == CODE_TOOL_NAME
 
+    def read_code(self) -> str:
+        """The code characters that arrived since the last call."""
+        new, self._read = self.arguments[self._read :], len(self.arguments)
+        return self.code.feed(new)
+
+    def wire_arguments(self) -> str:
+        """The arguments as stored and sent back to the LLM: a code call's in the canonical form."""
+        return canonical_code(self.code.text) if self.is_code else self.arguments
+
+
+# Ids go to every client as they are: never anything a parser could take for more than a name.
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
 
 def unique_id(raw: str | None, used: set[str], fallback: int) -> str:
-    base = raw or f"call_{fallback}"
+    base = _ID_UNSAFE.sub("_", raw or "")[:64] or f"call_{fallback}"
     candidate, n = base, 1
     while candidate in used:
         n += 1
@@ -95,10 +118,16 @@ class Orchestrator:
             calls: dict[int, _Call] = {}
             text: list[str] = []
             live: _Call | None = None
+            # Text that comes once a call has begun waits for the calls' results: a call's Code and its output
+            # stay together, on the wire, in the store and in the history the LLM is sent again.
+            late: list[str] = []
             async for delta in self.llm.stream(model, messages, specs):
                 if delta.text:
                     text.append(delta.text)
-                    yield Variant(ASSISTANT, delta.text, model=model.name)
+                    if calls:
+                        late.append(delta.text)
+                    else:
+                        yield Variant(ASSISTANT, delta.text, model=model.name)
                 for part in delta.tool_calls:
                     call = calls.get(part.index)
                     if call is None:
@@ -112,8 +141,13 @@ class Orchestrator:
                     if live is None and call.first and call.is_code:
                         live = call
                         call.live = True
-                    if call is live and part.arguments:
-                        yield Variant(CODE, part.arguments, id=call.id)
+                        yield Variant(CODE, CODE_PREFIX, id=call.id)
+                    if call is live and not call.closed:
+                        for v in self._stream_code(call):
+                            yield v
+            if live is not None and not live.closed:
+                live.closed = True
+                yield Variant(CODE, CODE_SUFFIX, id=live.id)
             if not calls:
                 return
             ordered = [calls[i] for i in sorted(calls)]
@@ -122,7 +156,7 @@ class Orchestrator:
                     "role": "assistant",
                     "content": "".join(text) or None,
                     "tool_calls": [
-                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.wire_arguments()}}
                         for c in ordered
                     ],
                 }
@@ -139,6 +173,7 @@ class Orchestrator:
                 content = "\n".join(p for p in result if p)
                 if len(content) > self.tool_result_chars:
                     content = content[: self.tool_result_chars] + "\n[output truncated]"
+                content = with_figures(content, len(images))
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
                 if images and model.supports_vision:
                     # Tool messages carry text only: the plots follow as the user's images.
@@ -147,16 +182,33 @@ class Orchestrator:
                         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}} for b64 in images
                     ]
                     messages.append({"role": "user", "content": parts})
+            for piece in late:
+                yield Variant(ASSISTANT, piece, model=model.name)
         yield Variant(
             SERVER_ERROR,
             f"The assistant used tools {self.max_tool_rounds} times in a row without answering; "
             "stopped here. Ask again or narrow the request.",
         )
 
+    @staticmethod
+    def _stream_code(call: _Call) -> list[Variant]:
+        code = call.read_code()
+        out = [Variant(CODE, escape_code(code), id=call.id)] if code else []
+        if call.code.complete:
+            # The code is whole: its run closes now, whatever other keys the arguments still bring.
+            call.closed = True
+            out.append(Variant(CODE, CODE_SUFFIX, id=call.id))
+        return out
+
     async def _run_call(self, call: _Call, ctx: ToolContext) -> AsyncIterator[Variant]:
         if call.is_code:
             if not call.live:
-                yield Variant(CODE, call.arguments, id=call.id)
+                # Held back until now: the same canonical run, prefix and suffix on lines of their own.
+                call.read_code()
+                yield Variant(CODE, CODE_PREFIX, id=call.id)
+                if call.code.text:
+                    yield Variant(CODE, escape_code(call.code.text), id=call.id)
+                yield Variant(CODE, CODE_SUFFIX, id=call.id)
         else:
             yield Variant(TOOL_CALL, call.arguments, id=call.id, tool_name=call.name)
         tool = self.tools.get(call.name)
@@ -169,10 +221,15 @@ class Orchestrator:
                 parsed = json.loads(call.arguments or "{}")
             except ValueError:
                 parsed = None
-            if isinstance(parsed, dict):
-                arguments = parsed
-            else:
+            if not isinstance(parsed, dict):
                 failure = "The tool arguments are not a JSON object."
+            elif not call.is_code:
+                arguments = parsed
+            elif call.code.code is None:
+                failure = "The call had no code."
+            else:
+                # What runs is exactly what was shown; other keys the LLM added are dropped.
+                arguments = {"code": call.code.code}
         if failure is None and tool is not None:
             yield hint(status="executing" if call.is_code else "searching")
             answered = False

@@ -23,6 +23,7 @@ from ..variants import (
     Variant,
     from_stored,
     history_with_interruptions,
+    with_figures,
 )
 
 
@@ -159,7 +160,13 @@ def to_messages(variants: list[Variant], *, vision: bool) -> list[dict[str, Any]
         elif v.variant == CODE_ERROR and (v.id or "") in results:
             result = results[v.id or ""]
             result["content"] = f"{result['content']}\n{v.content}".lstrip("\n")
-        elif v.variant == IMAGE and vision:
+        elif v.variant == IMAGE:
+            # `<call id>_<n>`: the call's result tells the LLM a figure was shown.
+            result = results.get((v.id or "").rpartition("_")[0])
+            if result is not None:
+                result["content"] = with_figures(result["content"], 1)
+            if not vision:
+                continue
             url = f"data:image/png;base64,{v.content}"
             messages.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]})
     return messages

@@ -108,6 +108,16 @@ class ChatbotHandler(ExtensionHandlerMixin, APIHandler):
             return
         super().log_exception(typ, value, tb)
 
+    def _log(self) -> None:
+        # climateclaw-client asks without credentials first and again with its token: that first 401 is routine,
+        # not a warning (tornado has no public hook for the request log line).
+        if self.get_status() == 401 and not (
+            self.request.headers.get("Authorization") or self.request.headers.get("X-Freva-User-Token")
+        ):
+            self.log.debug("401 %s %s without credentials", self.request.method, self.request.path)
+            return
+        super()._log()
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):

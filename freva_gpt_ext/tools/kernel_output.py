@@ -19,6 +19,9 @@ _TEXT_MIMES = ("text/plain", "text/markdown", "text/html", "application/json", "
 INTERRUPTED = "KeyboardInterrupt"
 # Python's default repr, which libraries leave as the text/plain of objects they render richly.
 _DEFAULT_REPR = re.compile(r"^<[\w.]+ object(?: at 0x[0-9a-fA-F]+)?>$")
+# The text/plain a figure's bundle carries beside its PNG (`<Figure size 640x480 with 1 Axes>`): the PNG is
+# the output; the stored text stays empty, and the LLM reads a note for each figure instead.
+_PLACEHOLDER_REPR = re.compile(r"<[^<>\n]*>")
 
 
 def strip_ansi(text: str) -> str:
@@ -96,7 +99,9 @@ def _joined(value: Any) -> str:
 def rich_to_text(data: dict[str, Any]) -> str:
     """The text of a `display_data`/`execute_result` bundle (empty when it has only a PNG)."""
     plain = _joined(data.get("text/plain"))
-    if _DEFAULT_REPR.match(plain) and any(m in data for m in _TEXT_MIMES[1:]):
+    if "image/png" in data and _PLACEHOLDER_REPR.fullmatch(plain.strip()):
+        data = {k: v for k, v in data.items() if k != "text/plain"}
+    elif _DEFAULT_REPR.match(plain) and any(m in data for m in _TEXT_MIMES[1:]):
         # `<IPython.core.display.HTML object>` says nothing: the rich form does.
         data = {k: v for k, v in data.items() if k != "text/plain"}
     for mime in _TEXT_MIMES:

@@ -3,11 +3,13 @@
  * `getthread` (stored) into the blocks the panel shows. Pure: no JupyterLab imports, tested with vitest.
  *
  * Rules (API.md):
- * - live, adjacent lines of `Assistant`, of `Code` with one id, of `Image` with one id form one message; any
- *   other line in between (a `ServerHint` too) starts a new one. Empty fragments are keep-alives.
+ * - live, a line of the same variant and id as the line before continues that line's content: it is appended
+ *   to what that line wrote, nothing added in between (any variant may be split so). Adjacent `Assistant`
+ *   lines thus form one message, adjacent `Code` or `Image` lines with one id one block; any other line in
+ *   between (a `ServerHint` too) starts a new one. Empty fragments are keep-alives.
  * - stored variants are already whole: each is one message.
  * - `CodeOutput` and `CodeError` attach to the first earlier `Code` with their id; `ToolOutput` to its
- *   `ToolCall`.
+ *   `ToolCall`. Separate `CodeError`s of one call are joined with a newline.
  * - `feedback_index` counts `Assistant` + `Code` messages; `user_index` counts `User` messages.
  * - legacy shapes: `[text, id]` contents, a one-element list for `CodeError`, a JSON-encoded `ServerHint`,
  *   `Image` without id.
@@ -208,6 +210,42 @@ export function codeFromArguments(args: string): string {
   return out;
 }
 
+/** The last line applied and the block it wrote into (`null`: none, e.g. a keep-alive). */
+interface ILine {
+  variant: string;
+  id: string | null;
+  block: Block | null;
+}
+
+/** Append a continuation line's text to what the previous line of its variant and id wrote into `block`. */
+function extend(block: Block, variant: string, text: string): void {
+  switch (block.kind) {
+    case 'assistant':
+    case 'error':
+    case 'output':
+      block.text += text;
+      break;
+    case 'image':
+      block.data += text;
+      break;
+    case 'code':
+      if (variant === 'Code') {
+        block.args += text;
+      } else if (variant === 'CodeOutput') {
+        block.output = (block.output ?? '') + text;
+      } else {
+        block.error = (block.error ?? '') + text;
+      }
+      break;
+    case 'tool':
+      if (variant === 'ToolCall') {
+        block.args += text;
+      } else {
+        block.output = (block.output ?? '') + text;
+      }
+  }
+}
+
 /**
  * One conversation as the panel shows it: the blocks, the thread id, the model of each turn and the live
  * status. Feed it with `apply`; read `blocks`.
@@ -271,85 +309,64 @@ export class Conversation {
   apply(raw: IRawVariant, live: boolean): Block[] {
     const v = normalizeVariant(raw);
     const previous = this._last;
-    this._last = { variant: v.variant, id: v.id, block: null };
-    const continues =
-      live &&
-      previous !== null &&
-      previous.block !== null &&
-      previous.variant === v.variant &&
-      previous.id === v.id;
     const text = typeof v.content === 'string' ? v.content : '';
+    if (live && previous?.block && previous.variant === v.variant && previous.id === v.id) {
+      if (!text) {
+        return []; // a keep-alive
+      }
+      extend(previous.block, v.variant, text);
+      previous.block.version += 1;
+      return [previous.block];
+    }
+    // `User` and `StreamEnd` reset `_last`: the record below is then dropped, and no line continues them.
+    const last: ILine = { variant: v.variant, id: v.id, block: null };
+    this._last = last;
+    last.block = this._applyNew(v, text, live);
+    return last.block ? [last.block] : [];
+  }
 
+  /** Apply a variant that continues no earlier line; returns the block it changed. */
+  private _applyNew(v: IVariant, text: string, live: boolean): Block | null {
     switch (v.variant) {
       case 'User':
-        this._last = null;
-        return [this.addUser(text)];
+        return this.addUser(text);
       case 'Assistant':
       case 'Code':
-      case 'Image': {
-        if (continues && previous?.block) {
-          this._last.block = previous.block;
-          if (!text) {
-            return []; // a keep-alive
-          }
-          const block = previous.block;
-          if (block.kind === 'assistant') {
-            block.text += text;
-          } else if (block.kind === 'code') {
-            block.args += text;
-          } else if (block.kind === 'image') {
-            block.data += text;
-          }
-          block.version += 1;
-          return [block];
-        }
+      case 'Image':
         if (!text && live) {
-          return []; // a keep-alive with nothing to keep alive
+          return null; // a keep-alive with nothing to keep alive
         }
-        const block = this._startRun(v, text);
-        this._last.block = block;
-        return [block];
-      }
+        return this._startRun(v, text);
       case 'CodeOutput': {
         const code = this._findCode(v.id);
         if (code) {
           code.output = (code.output ?? '') + text;
           code.version += 1;
-          return [code];
+          return code;
         }
-        return [this._push({ ...this._base(this._turn), kind: 'output', id: v.id, text })];
+        return this._push({ ...this._base(this._turn), kind: 'output', id: v.id, text });
       }
       case 'CodeError': {
         const code = this._findCode(v.id);
         if (code) {
           code.error = code.error ? `${code.error}\n${text}` : text;
           code.version += 1;
-          return [code];
+          return code;
         }
-        return [this._push({ ...this._base(this._turn), kind: 'error', variant: v.variant, text })];
+        return this._push({ ...this._base(this._turn), kind: 'error', variant: v.variant, text });
       }
       case 'ServerError':
       case 'OpenAIError':
-        return [this._push({ ...this._base(this._turn), kind: 'error', variant: v.variant, text })];
-      case 'ToolCall': {
-        const open = this._findTool(v.id);
-        if (open && continues) {
-          open.args += text;
-          open.version += 1;
-          this._last.block = open;
-          return [open];
-        }
-        const block = this._push({
+        return this._push({ ...this._base(this._turn), kind: 'error', variant: v.variant, text });
+      case 'ToolCall':
+        return this._push({
           ...this._base(this._turn),
-          kind: 'tool' as const,
+          kind: 'tool',
           id: v.id,
           name: v.toolName ?? '',
           args: text,
           output: null
         });
-        this._last.block = block;
-        return [block];
-      }
       case 'ToolOutput': {
         const tool = this._findTool(v.id);
         if (tool) {
@@ -358,18 +375,16 @@ export class Conversation {
             tool.name = v.toolName;
           }
           tool.version += 1;
-          return [tool];
+          return tool;
         }
-        return [
-          this._push({
-            ...this._base(this._turn),
-            kind: 'tool',
-            id: v.id,
-            name: v.toolName ?? '',
-            args: '',
-            output: text
-          })
-        ];
+        return this._push({
+          ...this._base(this._turn),
+          kind: 'tool',
+          id: v.id,
+          name: v.toolName ?? '',
+          args: '',
+          output: text
+        });
       }
       case 'ServerHint': {
         const hint = (v.content ?? {}) as Record<string, unknown>;
@@ -384,16 +399,16 @@ export class Conversation {
             this.status = hint.status;
           }
         }
-        return [];
+        return null;
       }
       case 'StreamEnd':
         this.ended = text;
         this.status = null;
         this._last = null;
-        return [];
+        return null;
       default:
         // `Prompt` and anything unknown: not shown.
-        return [];
+        return null;
     }
   }
 
@@ -459,5 +474,5 @@ export class Conversation {
   private _users = 0;
   private _turn = 0;
   private _feedback = 0;
-  private _last: { variant: string; id: string | null; block: Block | null } | null = null;
+  private _last: ILine | null = null;
 }

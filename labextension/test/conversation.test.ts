@@ -215,6 +215,130 @@ describe('tool calls', () => {
   });
 });
 
+describe('content split over adjacent lines of one variant and id', () => {
+  const code = (id: string): IRawVariant => ({ variant: 'Code', content: '{"code":"x"}', id });
+
+  it('joins a split CodeOutput, also one that looks like JSON', () => {
+    const c = live([
+      code('c1'),
+      { variant: 'CodeOutput', content: '{', id: 'c1' },
+      { variant: 'CodeOutput', content: "'answer': 42}", id: 'c1' },
+      code('c2'),
+      { variant: 'CodeOutput', content: '{', id: 'c2' },
+      { variant: 'CodeOutput', content: '}', id: 'c2' }
+    ]);
+    expect(view(c.blocks).slice(1)).toEqual([
+      ['code', 'c1', 'x', "{'answer': 42}", null, 0],
+      ['code', 'c2', 'x', '{}', null, 1]
+    ]);
+  });
+
+  it('joins a split CodeOutput whose Code never came into one block', () => {
+    const c = live([
+      { variant: 'CodeOutput', content: '{', id: 'lost' },
+      { variant: 'CodeOutput', content: '}', id: 'lost' }
+    ]);
+    expect(view(c.blocks).slice(1)).toEqual([['output', 'lost', '{}']]);
+  });
+
+  it('joins a split CodeError without a newline, separate CodeErrors with one', () => {
+    const c = live([
+      code('c1'),
+      { variant: 'CodeOutput', content: '', id: 'c1' },
+      { variant: 'CodeError', content: '{', id: 'c1' },
+      { variant: 'CodeError', content: 'timeout}', id: 'c1' },
+      hint({ status: 'executing' }),
+      { variant: 'CodeError', content: 'kernel died', id: 'c1' }
+    ]);
+    expect(view(c.blocks).slice(1)).toEqual([['code', 'c1', 'x', '', '{timeout}\nkernel died', 0]]);
+  });
+
+  it('joins a split error into one block, and keeps errors of two lines apart', () => {
+    const c = live([
+      { variant: 'ServerError', content: '{' },
+      { variant: 'ServerError', content: 'reason}' },
+      { variant: 'OpenAIError', content: '{' },
+      { variant: 'OpenAIError', content: 'quota}' },
+      { variant: 'CodeError', content: '{', id: 'lost' },
+      { variant: 'CodeError', content: 'gone}', id: 'lost' },
+      hint({ status: 'thinking' }),
+      { variant: 'ServerError', content: 'again' }
+    ]);
+    expect(view(c.blocks).slice(1)).toEqual([
+      ['error', 'ServerError', '{reason}'],
+      ['error', 'OpenAIError', '{quota}'],
+      ['error', 'CodeError', '{gone}'],
+      ['error', 'ServerError', 'again']
+    ]);
+  });
+
+  it('joins a split ToolCall and ToolOutput', () => {
+    const tool = (variant: string, content: string): IRawVariant => ({
+      variant,
+      content,
+      id: 't1',
+      tool_name: 'search'
+    });
+    const c = live([
+      tool('ToolCall', '{'),
+      tool('ToolCall', '"query": "era5"}'),
+      hint({ status: 'searching' }),
+      tool('ToolOutput', '{'),
+      tool('ToolOutput', '"hits": 2}')
+    ]);
+    expect(view(c.blocks).slice(1)).toEqual([['tool', 't1', 'search', '{"query": "era5"}', '{"hits": 2}']]);
+  });
+
+  it('keeps stored variants whole, one message each', () => {
+    const c = stored([
+      { variant: 'ServerError', content: '{' },
+      { variant: 'ServerError', content: '}' }
+    ]);
+    expect(view(c.blocks)).toEqual([
+      ['error', 'ServerError', '{'],
+      ['error', 'ServerError', '}']
+    ]);
+  });
+});
+
+describe('canonical Code fragments', () => {
+  const source = 'd = {"a": "b"}\ns = \'"}\'\nprint(d, s, "é\\\\")';
+  // `{"code":"`, the escaped code (non-ASCII as `\uXXXX`; no fragment but the last ends in `"}`), `"}`.
+  const fragments = [
+    '{"code":"',
+    'd = {\\"a\\": \\"b\\"',
+    "}\\ns = '\\\"}'",
+    '\\nprint(d, s, \\"\\u00e9\\\\\\\\\\")',
+    '"}'
+  ];
+  const args = fragments.join('');
+
+  it('are the JSON of the code', () => {
+    expect(JSON.parse(args)).toEqual({ code: source });
+  });
+
+  it('render a prefix of the code at every cut and the exact code at the end', () => {
+    for (const whole of [args, JSON.stringify({ code: source })]) {
+      for (let cut = 0; cut < whole.length; cut++) {
+        const shown = codeFromArguments(whole.slice(0, cut));
+        expect(source.startsWith(shown), `cut ${cut}: ${shown}`).toBe(true);
+      }
+      expect(codeFromArguments(whole)).toBe(source);
+    }
+  });
+
+  it('merge into one Code block that shows the code as it grows', () => {
+    const c = new Conversation();
+    const shown: string[] = [];
+    for (const content of fragments) {
+      const [block] = c.apply({ variant: 'Code', content, id: 'c1' }, true);
+      shown.push(block.kind === 'code' ? codeFromArguments(block.args) : '');
+    }
+    expect(view(c.blocks)).toEqual([['code', 'c1', source, null, null, 0]]);
+    expect(shown).toEqual(['', 'd = {"a": "b"', 'd = {"a": "b"}\ns = \'"}\'', source, source]);
+  });
+});
+
 describe('legacy shapes', () => {
   it('undoes [text, id], one-element CodeError, JSON-string ServerHint', () => {
     expect(normalizeVariant({ variant: 'Code', content: ['{"code": "x"}', 'id9'] })).toMatchObject({
