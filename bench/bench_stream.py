@@ -121,12 +121,17 @@ def direct(client: httpx.Client, llm: str, text: str) -> tuple[float, str, int]:
     return (first - t0) * 1e3, "".join(parts), len(parts)
 
 
-def turn(client: httpx.Client, api: str, text: str, thread_id: str = "") -> tuple[float, float, list[dict[str, Any]]]:
-    """One `streamresponse` turn: (ms to the first line, ms to the first Assistant line, all lines)."""
+def turn(
+    client: httpx.Client, api: str, text: str, thread_id: str = "", store: bool = True
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """One `streamresponse` turn (`store=False`: `store_thread=false`): (ms to the first line, ms to the first
+    Assistant line, all lines)."""
     t0 = time.perf_counter()
     first = assistant = 0.0
     lines: list[dict[str, Any]] = []
     params = {"input": text, "chatbot": MODEL, "thread_id": thread_id}
+    if not store:
+        params["store_thread"] = "false"
     with client.stream("GET", f"{api}/streamresponse", params=params) as r:
         if r.status_code != 200:
             raise SystemExit(f"streamresponse answered {r.status_code}: {r.read()[:500]!r}")
@@ -171,27 +176,39 @@ class Long:
 
 
 def long_turns(
-    client: httpx.Client, api: str, llm: str, clock: Callable[[], float], tokens: int, reps: int, delay: float
+    client: httpx.Client,
+    api: str,
+    llm: str,
+    clock: Callable[[], float],
+    tokens: int,
+    reps: int,
+    delay: float,
+    store: bool = True,
 ) -> Long:
     """`reps` answers of `tokens` tokens (`delay` s apart), each checked live and in getthread, each beside one
-    read directly from the fake by this process.
+    read directly from the fake by this process. `store=False`: a thread in the server's memory only (checked
+    live only: getthread does not see it).
 
     The turns follow up in one thread whose topic is set: a thread's first meaningful message also has the
-    server ask the LLM for a title, and the fake would obey the token directive in that request too."""
+    server ask the LLM for a title, and the fake would obey the token directive in that request too. (A
+    memory-only thread gets no title.)"""
     text = f"[[fake:text tokens={tokens} delay={delay}]] count"
     expected = " ".join(f"tok{i}" for i in range(tokens))
-    thread_id = turn(client, api, "hi")[2][0]["content"]["thread_id"]
-    client.get(f"{api}/setthreadtopic", params={"thread_id": thread_id, "topic": "bench"}).raise_for_status()
+    thread_id = turn(client, api, "hi", store=store)[2][0]["content"]["thread_id"]
+    if store:
+        client.get(f"{api}/setthreadtopic", params={"thread_id": thread_id, "topic": "bench"}).raise_for_status()
     out = Long(tokens)
     for _ in range(reps):
         c0, w0 = clock(), time.perf_counter()
-        lines = turn(client, api, text, thread_id)[2]
+        lines = turn(client, api, text, thread_id, store)[2]
         out.ext_s += time.perf_counter() - w0
         time.sleep(0.02)  # the turn's last bookkeeping may follow the stream's end
         out.server_us.append((clock() - c0) / tokens * 1e6)
         pieces = [v["content"] for v in lines if v["variant"] == "Assistant"]
-        stored = client.get(f"{api}/getthread", params={"thread_id": thread_id}).json()
-        saved = [v["content"] for v in stored if v["variant"] == "Assistant"][-1]
+        saved = expected
+        if store:
+            stored = client.get(f"{api}/getthread", params={"thread_id": thread_id}).json()
+            saved = [v["content"] for v in stored if v["variant"] == "Assistant"][-1]
         if "".join(pieces) != expected or saved != expected or len([p for p in pieces if p]) != tokens:
             raise SystemExit(f"thread {thread_id}: streamed or stored text differs from the {tokens} tokens sent")
         p0, w0 = time.process_time(), time.perf_counter()

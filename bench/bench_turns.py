@@ -38,7 +38,7 @@ import httpx
 import psutil
 from bench_stream import Proc, cpu_clock, pct, running, settle
 
-from freva_gpt_ext.storage import SQLiteThreadStore
+from freva_gpt_ext.storage import SQLiteThreadStore, ThreadStore
 from freva_gpt_ext.variants import ASSISTANT, CODE, CODE_OUTPUT, USER, Variant
 
 OWNER = "bench"
@@ -58,7 +58,8 @@ class Target:
     pid: int
     port: int
     llm_port: int
-    clocks: dict[str, Clock]  # CPU seconds of "server", "fake LLM" and this process ("client")
+    # CPU seconds of "server", "fake LLM", this process ("client") and a "database" in a process of its own
+    clocks: dict[str, Clock]
 
     def snapshot(self) -> Snapshot:
         return Snapshot.of(self.pid, self.port, self.llm_port)
@@ -80,10 +81,10 @@ def servers(tmp: Path, extra: list[str] | None = None) -> Iterator[tuple[Target,
 
 
 # -- seeding the store before the server starts --------------------------------------------------------------
-async def seed(path: Path, threads: int, variants: int) -> str:
+async def seed(store: ThreadStore, threads: int, variants: int) -> str:
     """`threads` threads of OWNER (one User + one Assistant each) and one more of `variants` variants (a
-    conversation with code: User, Assistant, Code, CodeOutput). Returns the big thread's id."""
-    store = SQLiteThreadStore(path)
+    conversation with code: User, Assistant, Code, CodeOutput), written through `store`, which is closed after.
+    Returns the big thread's id."""
     big = "BenchBigThread" + "0" * 18
     try:
         await store.create(big, OWNER, "A long analysis of near-surface temperature")
@@ -301,10 +302,12 @@ class Burst:
     tokens: int = 0
 
 
-async def bursts(t: Target, n: int, tokens: int, delay: float, rounds: int) -> Burst:
-    """`rounds` bursts of `n` simultaneous new-thread streams, each after a burst read straight from the fake."""
+async def bursts(t: Target, n: int, tokens: int, delay: float, rounds: int, store_thread: bool = True) -> Burst:
+    """`rounds` bursts of `n` simultaneous new-thread streams, each after a burst read straight from the fake.
+    `store_thread=False`: the threads live in the server's memory only."""
     text = f"[[fake: tokens={tokens} delay={delay}]] count for me"
-    query = httpx.QueryParams({"input": text, "chatbot": "fake-text", "thread_id": ""})
+    params = {"input": text, "chatbot": "fake-text", "thread_id": ""}
+    query = httpx.QueryParams(params if store_thread else {**params, "store_thread": "false"})
     body = json.dumps({"model": "fake-text", "stream": True, "messages": [{"role": "user", "content": text}]}).encode()
     done_line = b'{"variant":"StreamEnd","content":"Stream ended."}\n'
     api, llm, headers, clocks = t.api, t.llm, t.headers, t.clocks
@@ -334,7 +337,7 @@ async def bursts(t: Target, n: int, tokens: int, delay: float, rounds: int) -> B
         if i:
             out.wall_s += time.perf_counter() - t0
             for k, c in clocks.items():
-                out.cpu_s[k] += c() - c0[k]
+                out.cpu_s[k] = out.cpu_s.get(k, 0.0) + c() - c0[k]
             out.first += [s[0] for s in got]
             out.last += [s[1] for s in got]
             out.tokens += n * tokens
@@ -705,7 +708,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-turns-") as tmp_name:
         tmp = Path(tmp_name)
         t = time.perf_counter()
-        big = asyncio.run(seed(tmp / "data" / "threads.sqlite3", args.threads, args.variants))
+        big = asyncio.run(seed(SQLiteThreadStore(tmp / "data" / "threads.sqlite3"), args.threads, args.variants))
         seed_s = time.perf_counter() - t
         with servers(tmp) as (target, server, fake):
             idle = settle(target.clocks["server"])

@@ -8,7 +8,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
@@ -24,19 +24,32 @@ from .core.llm import CatalogueError, LLMClient, ModelCatalogue
 from .core.orchestrator import Orchestrator
 from .core.prompts import PromptLibrary
 from .core.service import SETTINGS_KEY, ChatService
+from .core.stores import VAULT_HEADER, ThreadStores, VaultResolver
 from .core.topics import summarise
 from .handlers import handlers
 from .hardening import make_undumpable
 from .paths import data_folder
-from .storage import MemoryThreadStore, SQLiteThreadStore, ThreadStore
+from .storage import MemoryThreadStore, SQLiteThreadStore
 from .tools.base import Tool, ToolContext
 from .tools.kernel import KernelTool
 from .tools.kernel_probe import KernelProbes
-from .tools.registry import load_tools
+from .tools.mcp import McpTools
+from .tools.mcp_config import McpConfigError, parse_mcp_servers
+from .tools.registry import ToolRegistry, load_tools
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
+    from .storage.mongo import MongoThreadStore
 
 ENV_PREFIX = "FREVAGPT_"
-# Names deployments used before this extension existed.
-ENV_ALIASES = {"litellm_config": ("LITELLM_CONFIG",)}
+# Names deployments used before this extension existed (the upstream backend's, for its container environments).
+ENV_ALIASES = {
+    "litellm_config": ("LITELLM_CONFIG",),
+    "mongodb_uri": ("FREVAGPT_MONGODB_URI_DEV", "FREVAGPT_MONGO_DB_URI"),
+    "mongodb_database_name": ("FREVAGPT_MONGO_DB_DATABASE_NAME",),
+    "mongodb_collection_name": ("FREVAGPT_MONGO_DB_COLLECTION_NAME",),
+}
 # Settings in seconds: those that must be above 0 (a 0 would make a tight loop or fail everything) and those
 # for which 0 means never or off.
 _POSITIVE = (
@@ -47,8 +60,15 @@ _POSITIVE = (
     "lease_ttl",
     "stop_poll_interval",
     "store_busy_timeout",
+    "mcp_refresh_interval",
 )
-_NON_NEGATIVE = ("kernel_idle_timeout", "tool_stop_grace", "token_cache_ttl", "token_negative_cache_ttl")
+_NON_NEGATIVE = (
+    "kernel_idle_timeout",
+    "tool_stop_grace",
+    "token_cache_ttl",
+    "token_negative_cache_ttl",
+    "vault_cache_ttl",
+)
 # About 11 days: SQLite takes its busy timeout in milliseconds as a C int (more silently means none).
 MAX_SECONDS = 1_000_000
 _CONFIGURED = "FrevaGPT.{name} of the Jupyter configuration (a config file or the command line)"
@@ -71,6 +91,8 @@ class FrevaGPT(ExtensionApp):
     def __init__(self, **kwargs: Any) -> None:
         # Settings refused while the configuration was read, by name: where the value came from and why.
         self._invalid: dict[str, str] = {}
+        # Settings taken from the environment, by name: the variable that gave the value.
+        self._from_env: dict[str, str] = {}
         super().__init__(**kwargs)
 
     # -- models -------------------------------------------------------------------------------------------
@@ -102,6 +124,35 @@ class FrevaGPT(ExtensionApp):
     ).tag(config=True)
     tool_result_chars = Int(
         20000, min=1000, help="Most characters of one tool result that are sent back to the LLM (the rest is cut)."
+    ).tag(config=True)
+
+    # -- MCP servers and retrieval ------------------------------------------------------------------------
+    mcp_servers = List(
+        Dict(),
+        default_value=[],
+        help="MCP servers whose tools the LLM may use, in order: objects {name, url} (streamable HTTP) or {name, "
+        "command, args, env} (stdio; the process gets the kernels' allow-listed environment plus `env`), each "
+        "optionally with `timeout` (seconds per call, default 30); HTTP servers with `headers` and `forward_token` "
+        "(true: each call carries the Freva bearer token of the standalone request it serves); stdio servers with "
+        "`per_user` (true: one process per user). A tool keeps its name unless an earlier one has it; then it is "
+        "`<server>__<tool>` (FREVAGPT_MCP_SERVERS: a JSON list).",
+    ).tag(config=True)
+    mcp_refresh_interval = Float(
+        60.0,
+        help="Seconds between two listings of an MCP server's tools; a server that does not answer is tried again "
+        "sooner (from 1 s, doubling up to this).",
+    ).tag(config=True)
+    rag = Bool(
+        True,
+        help="Offer the built-in documentation retrieval (`get_context_from_resources` over the shipped resources/ "
+        "libraries and `rag_resources`), run in-process; a server of `mcp_servers` that provides that tool takes "
+        "its place.",
+    ).tag(config=True)
+    rag_resources = List(
+        Unicode(),
+        default_value=[],
+        help="Folders of your own documentation for the built-in retrieval, each sub-folder one library, besides "
+        "the shipped ones (FREVAGPT_RAG_RESOURCES: a JSON list).",
     ).tag(config=True)
 
     # -- code interpreter ---------------------------------------------------------------------------------
@@ -181,6 +232,39 @@ class FrevaGPT(ExtensionApp):
         help="Seconds a write to the thread database waits for a lock held by another process (another server "
         "or a backup) before it fails; a turn that cannot store its answer then ends with an error.",
     ).tag(config=True)
+    mongodb_uri = Unicode(
+        "",
+        help="Keep threads in MongoDB at this URI (mongodb:// or mongodb+srv://), shared by every replica, instead "
+        "of the embedded SQLite store. Empty with trust_proxy_headers: the MongoDB that the proxy's "
+        "X-Freva-Vault-URL names, per request. Also $FREVAGPT_MONGO_DB_URI and $FREVAGPT_MONGODB_URI_DEV (the "
+        "upstream backend's names).",
+    ).tag(config=True)
+    mongodb_database_name = Unicode(
+        "chatbot",
+        help="MongoDB database of the threads (the upstream backend's default). Also $FREVAGPT_MONGO_DB_DATABASE_NAME.",
+    ).tag(config=True)
+    mongodb_collection_name = Unicode(
+        "threads",
+        help="MongoDB collection of the threads (the upstream backend's default); feedback goes to `userfeedback`. "
+        "Also $FREVAGPT_MONGO_DB_COLLECTION_NAME.",
+    ).tag(config=True)
+    mongodb_write_concern = Unicode(
+        "1",
+        help="MongoDB write concern of every write: a number of members (1 or more) or a tag such as `majority`. "
+        "A line of a stream is sent once its write is acknowledged this way.",
+    ).tag(config=True)
+    mongodb_image_threshold = Int(
+        256 * 1024,
+        min=1024,
+        max=8 * 1024 * 1024,
+        help="Images larger than this many bytes go to GridFS instead of into the thread's document (MongoDB "
+        "refuses documents over 16 MB).",
+    ).tag(config=True)
+    vault_cache_ttl = Float(
+        300.0,
+        help="Seconds the MongoDB URI that a vault (X-Freva-Vault-URL) gave out is remembered; 0: asked on every "
+        "request.",
+    ).tag(config=True)
 
     # -- threads and turns --------------------------------------------------------------------------------
     thread_sharing = Bool(
@@ -219,8 +303,10 @@ class FrevaGPT(ExtensionApp):
     )
     trust_proxy_headers = Bool(
         False,
-        help="Honour X-Freva-Rest-URL and similar headers set by a trusted reverse proxy (the Freva nginx). "
-        "Never enable this when clients reach the server directly.",
+        help="Honour X-Freva-Rest-URL, X-Freva-Vault-URL and similar headers set by a trusted reverse proxy (the "
+        "Freva nginx). Without mongodb_uri, threads are then kept in the MongoDB the vault names, and requests "
+        "without X-Freva-Vault-URL find no thread store (503). Never enable this when clients reach the server "
+        "directly.",
     ).tag(config=True)
     token_cache_ttl = Float(300.0, help="Seconds a validated bearer token is remembered.").tag(config=True)
     token_negative_cache_ttl = Float(
@@ -239,6 +325,26 @@ class FrevaGPT(ExtensionApp):
             bound = "greater than 0" if name in _POSITIVE else "0 or more"
             raise TraitError(f"FrevaGPT.{name} must be {bound} and at most {MAX_SECONDS} (seconds), not {value!r}.")
         return value
+
+    @validate("mcp_servers")
+    def _valid_mcp_servers(self, proposal: Any) -> list[dict[str, Any]]:
+        try:
+            parse_mcp_servers(proposal.value)
+        except McpConfigError as err:
+            raise TraitError(str(err)) from err
+        return proposal.value
+
+    @validate("mongodb_write_concern")
+    def _valid_write_concern(self, proposal: Any) -> str:
+        value = str(proposal.value).strip()
+        numeric = value.lstrip("+-").isdigit()
+        if not value or (numeric and int(value) < 1):
+            # w=0 would send lines of a stream before MongoDB has them.
+            raise TraitError(
+                "FrevaGPT.mongodb_write_concern must be a number of members, 1 or more, or a tag such as "
+                f"'majority', not {proposal.value!r}."
+            )
+        return str(int(value)) if numeric else value
 
     def update_config(self, config: Config) -> None:
         """As traitlets does, except that a bad value costs only itself: traitlets would undo every FrevaGPT
@@ -269,8 +375,8 @@ class FrevaGPT(ExtensionApp):
         """Where the value of setting `name` comes from, as a user would look for it."""
         if name in self.config.get(type(self).__name__, {}):
             return _CONFIGURED.format(name=name)
-        var = ENV_PREFIX + name.upper()
-        return f"${var}" if var in os.environ else "the default"
+        var = self._from_env.get(name)
+        return f"${var}" if var else "the default"
 
     # -- defaults from the environment --------------------------------------------------------------------
     @default("data_dir")
@@ -296,6 +402,8 @@ class FrevaGPT(ExtensionApp):
                     setattr(self, name, _from_env(trait, raw))
                 except Exception as err:
                     self._invalid[name] = f"${var} is not a valid value for {name}: {err}"
+                else:
+                    self._from_env[name] = var
                 break
 
     @property
@@ -345,7 +453,7 @@ class FrevaGPT(ExtensionApp):
         self.prompts = PromptLibrary(libraries, self.prompt_set, dict(self.prompt_sets))
         data = Path(self.data_dir).expanduser()
         data.mkdir(parents=True, exist_ok=True)
-        self.store: ThreadStore = SQLiteThreadStore(data / "threads.sqlite3", busy_timeout=self.store_busy_timeout)
+        self.stores = self._thread_stores(data)
         self.memory_store = MemoryThreadStore(max_threads=self.memory_threads, max_bytes=self.memory_bytes)
         self.llm = LLMClient(
             connect_timeout=self.llm_connect_timeout,
@@ -353,7 +461,15 @@ class FrevaGPT(ExtensionApp):
             default_api_key=self.openai_api_key or None,
             log=self.log,
         )
-        self.tool_registry = self._build_tools()
+        tools = self._build_tools()
+        self.mcp_tools = McpTools(
+            parse_mcp_servers(self.mcp_servers),
+            reserved=tools,
+            builtin=self.builtin_rag_server if self.rag else None,
+            refresh_interval=self.mcp_refresh_interval,
+            log=self.log,
+        )
+        self.tool_registry = ToolRegistry(tools, lambda: self.mcp_tools.offered)
         kernel_tool = self.tool_registry.get(KernelTool.name)
         self.kernel_probes: KernelProbes | None = None
         if self.kernel_probe and isinstance(kernel_tool, KernelTool):
@@ -397,15 +513,59 @@ class FrevaGPT(ExtensionApp):
             self.log.warning("FrevaGPT `dev` only applies to the standalone server (`jupyter freva-gpt`).")
         # The handlers' one way to the server (they never import this module).
         self.settings[SETTINGS_KEY] = self._service()
-        self.log.info("FrevaGPT %s: threads in %s", __version__, data)
         self._wired = True
+
+    def _thread_stores(self, data: Path) -> ThreadStores:
+        """The configured MongoDB; else, behind a trusted proxy, the MongoDB its vault names per request; else the
+        embedded SQLite store in `data`."""
+        if self.mongodb_uri:
+            store = self.mongodb_store(self.mongodb_uri)
+            # Said at start-up, so that a deployment whose variable was not read does not run on SQLite unnoticed.
+            self.log.info(
+                "FrevaGPT %s: threads in MongoDB at %s, database %r, collection %r (the URI from %s)",
+                __version__,
+                store.shown_uri,
+                self.mongodb_database_name,
+                self.mongodb_collection_name,
+                self._source("mongodb_uri"),
+            )
+            return ThreadStores(mongodb=store, log=self.log)
+        if self.trust_proxy_headers:
+            self.log.info(
+                "FrevaGPT %s: threads in the MongoDB that the proxy's %s names (database %r, collection %r); "
+                "requests without it find no thread store (503). Set mongodb_uri to use one MongoDB for all.",
+                __version__,
+                VAULT_HEADER,
+                self.mongodb_database_name,
+                self.mongodb_collection_name,
+            )
+            vault = VaultResolver(ttl=self.vault_cache_ttl, timeout=self.llm_connect_timeout)
+            return ThreadStores(vault=vault, open_mongodb=self.mongodb_store, log=self.log)
+        database = data / "threads.sqlite3"
+        self.log.info("FrevaGPT %s: threads in %s (embedded SQLite)", __version__, database)
+        return ThreadStores(embedded=SQLiteThreadStore(database, busy_timeout=self.store_busy_timeout), log=self.log)
+
+    def mongodb_store(self, uri: str) -> MongoThreadStore:
+        """A store on the MongoDB at `uri` with the configured database, collection and limits (no I/O yet)."""
+        # Here, not at the top: a server on the embedded store never pays for importing pymongo.
+        from .storage.mongo import MongoThreadStore
+
+        concern = self.mongodb_write_concern
+        return MongoThreadStore(
+            uri,
+            self.mongodb_database_name,
+            self.mongodb_collection_name,
+            write_concern=int(concern) if concern.isdigit() else concern,
+            image_threshold=self.mongodb_image_threshold,
+            log=self.log,
+        )
 
     def _service(self) -> ChatService:
         kernel_tool = self.tool_registry.get(KernelTool.name)
         return ChatService(
             catalogue=self.catalogue,
             catalogue_problem=self.catalogue_problem,
-            store=self.store,
+            stores=self.stores,
             memory_store=self.memory_store,
             orchestrator=self.orchestrator,
             conversations=self.conversations,
@@ -440,6 +600,14 @@ class FrevaGPT(ExtensionApp):
             "(kernel_root), the thread database (data_dir) and the kernels' connection files; only a kernel "
             "gateway that starts kernels per user separates them."
         )
+
+    def builtin_rag_server(self) -> MCPServer:
+        """The built-in retrieval server (indexes before it returns: McpTools calls it off the event loop)."""
+        # Here, not at the top: bm25s and numpy load when the retrieval starts, not with the extension.
+        from .rag_server import build_server
+
+        folders = [Path(folder).expanduser() for folder in self.rag_resources]
+        return build_server(folders, Path(self.data_dir).expanduser() / "rag-index")
 
     def _build_tools(self) -> dict[str, Tool]:
         """The kernel tool first (the LLM sees the tools in this order), then the configured ones."""
@@ -477,6 +645,9 @@ class FrevaGPT(ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         if not self._wired:
             return  # start-up failed (jupyter_server logged why); nothing to start
+        self.stores.start()
+        # In the background: the server answers (and turns run, without those tools) before any MCP server does.
+        self.mcp_tools.start()
         kernel_tool = self.tool_registry.get(KernelTool.name)
         if self.kernel_probes is not None and isinstance(kernel_tool, KernelTool) and kernel_tool.kernel_name:
             self.kernel_probes.packages(kernel_tool.kernel_name)
@@ -510,11 +681,12 @@ class FrevaGPT(ExtensionApp):
         parts = [
             getattr(self, "conversations", None),
             *getattr(self, "tool_registry", {}).values(),
+            getattr(self, "mcp_tools", None),
             getattr(self, "kernel_probes", None),
             getattr(self, "llm", None),
             getattr(self, "bearer", None),
             getattr(self, "memory_store", None),
-            getattr(self, "store", None),
+            getattr(self, "stores", None),
         ]
         for part in parts:
             if part is None:
@@ -562,6 +734,10 @@ def main(argv: list[str] | None = None) -> None:
         from .doctor import main as doctor  # it imports this module
 
         sys.exit(doctor(args[1:]))
+    if args[:1] == ["threads"]:
+        from .threads_cli import main as threads  # it imports this module
+
+        sys.exit(threads(args[1:]))
     # Only this extension: the API server needs no JupyterLab.
     FrevaGPT.load_other_extensions = False
     FrevaGPT.launch_instance(argv=standalone_argv(args))

@@ -27,8 +27,13 @@ from .authorizer import ChatbotOnlyAuthorizer
 from .core.catalogue import NO_MODEL_HINT
 from .core.llm import LLMClient, LLMError, ModelCatalogue, ModelEntry, endpoint_url
 from .core.redact import mask_secrets, safe_url
+from .core.stores import VAULT_HEADER
 from .tools.kernel_env import kernel_environment
 from .tools.kernel_probe import NATURAL_EARTH, probe_kernel_spec
+from .tools.mcp import BUILTIN_NAME, UP, McpTools
+from .tools.mcp_config import parse_mcp_servers
+from .tools.registry import ToolConfigError, load_tools
+from .variants import CODE_TOOL_NAME
 
 # What the built-in prompt works with: without them the model's code fails.
 SCIENCE = ("numpy", "pandas", "xarray", "netCDF4", "matplotlib", "cartopy", "freva_client")
@@ -224,7 +229,22 @@ async def check_kernel(app: FrevaGPT, serverapp: ServerApp, catalogue: ModelCata
         )
 
 
-def check_store(app: FrevaGPT, report: Report) -> None:
+async def check_store(app: FrevaGPT, report: Report) -> None:
+    """The thread store the server would use, as the server chooses it (FrevaGPT._thread_stores)."""
+    if app.mongodb_uri:
+        await check_mongodb(app, report)
+    elif app.trust_proxy_headers:
+        report.ok(
+            "store",
+            f"MongoDB, per request where the proxy's {VAULT_HEADER} header points (database "
+            f"{app.mongodb_database_name!r}, collection {app.mongodb_collection_name!r}); requests without it find "
+            "no thread store (503). Set mongodb_uri to check one MongoDB here",
+        )
+    else:
+        check_sqlite(app, report)
+
+
+def check_sqlite(app: FrevaGPT, report: Report) -> None:
     data = Path(app.data_dir).expanduser()
     database = data / "threads.sqlite3"
     problem = _writable(data)
@@ -241,13 +261,53 @@ def check_store(app: FrevaGPT, report: Report) -> None:
             report.fail("store", f"{database} is damaged: {state}", "move it away; the server starts a new one")
             return
     report.ok("store", f"SQLite (embedded) at {database}, writable")
-    if app.code_interpreter:
-        root = Path(app.kernel_root).expanduser()
-        problem = _writable(root)
-        if problem:
-            report.fail("kernel folders", f"{root}: {problem}", "make it writable, or set kernel_root")
-        else:
-            report.ok("kernel folders", f"{root}, writable")
+
+
+async def check_mongodb(app: FrevaGPT, report: Report) -> None:
+    store = app.mongodb_store(app.mongodb_uri)
+    where = (
+        f"MongoDB at {store.shown_uri} (from {app._source('mongodb_uri')}), database "
+        f"{app.mongodb_database_name!r}, collection {app.mongodb_collection_name!r}"
+    )
+    try:
+        state = await store.check()
+    finally:
+        await store.aclose()
+    detail = state.get("detail") or ""
+    if not state.get("reachable"):
+        report.fail(
+            "store",
+            f"{where}: unreachable: {detail}",
+            "start MongoDB or correct mongodb_uri (the server starts anyway; thread routes answer 503 until "
+            "MongoDB answers)",
+        )
+        return
+    report.ok("store", f"{where}: reachable")
+    indexes = state.get("indexes") or []
+    if indexes:
+        report.ok("store indexes", ", ".join(str(name) for name in indexes))
+    else:
+        report.warn("store indexes", "none yet", "the server creates them when it starts (it needs the right to)")
+    if state.get("write_test"):
+        report.ok("store write test", "a test document was written and removed")
+    else:
+        report.fail(
+            "store write test",
+            f"failed: {detail}",
+            "give the URI's user the readWrite role on the database, or check the write concern "
+            "(mongodb_write_concern)",
+        )
+
+
+def check_kernel_folders(app: FrevaGPT, report: Report) -> None:
+    if not app.code_interpreter:
+        return
+    root = Path(app.kernel_root).expanduser()
+    problem = _writable(root)
+    if problem:
+        report.fail("kernel folders", f"{root}: {problem}", "make it writable, or set kernel_root")
+    else:
+        report.ok("kernel folders", f"{root}, writable")
 
 
 def _writable(folder: Path) -> str:
@@ -309,6 +369,47 @@ async def check_identity(app: FrevaGPT, serverapp: ServerApp, argv: list[str], r
         )
 
 
+async def check_mcp(app: FrevaGPT, report: Report) -> None:
+    """The MCP servers and the built-in retrieval as the server finds them: each asked once for its tools, which
+    are named as the server names them."""
+    servers = parse_mcp_servers(app.mcp_servers)  # a value it refused is reported with the configuration
+    try:
+        reserved = set(load_tools(app.tools))
+    except ToolConfigError as err:
+        report.fail("tools", str(err), "correct or remove that entry of `tools`: the server does not start with it")
+        reserved = set()
+    if app.code_interpreter:
+        reserved.add(CODE_TOOL_NAME)
+    if not servers and not app.rag:
+        report.ok("mcp servers", "none (mcp_servers is empty and the built-in retrieval, rag, is off)")
+        return
+    quiet = logging.getLogger("freva_gpt_ext.doctor.mcp")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False  # the report says it once
+    builtin = app.builtin_rag_server if app.rag else None
+    found = McpTools(servers, reserved=reserved, builtin=builtin, refresh_interval=app.mcp_refresh_interval, log=quiet)
+    wait = max((server.timeout for server in servers), default=0.0) + 30.0
+    found.start()
+    try:
+        await found.discovered(wait)
+    finally:
+        await found.aclose()
+    for server in found.status():
+        topic = f"mcp server {server.name!r}"
+        fix = (
+            "start it, or correct its entry in mcp_servers; the server starts without its tools and takes them up "
+            "when it answers"
+        )
+        if server.state != UP:
+            problem = server.problem or f"no answer within {wait:g} s"
+            report.warn(topic, f"{server.where} does not answer ({problem})", fix)
+        elif server.name == BUILTIN_NAME and not server.tools:
+            report.ok(topic, f"{server.where} answers; a server of mcp_servers provides its tools instead")
+        else:
+            named = [name if name == declared else f"{name} ({declared})" for name, declared in server.tools]
+            report.ok(topic, f"{server.where} answers; tools: {', '.join(named) or 'none'}")
+
+
 async def run(argv: list[str], probe: bool) -> int:
     report = Report()
     try:
@@ -323,8 +424,10 @@ async def run(argv: list[str], probe: bool) -> int:
     catalogue, problem = app.load_catalogue()
     await check_models(app, catalogue, problem, report, probe)
     await check_kernel(app, serverapp, catalogue, report)
-    check_store(app, report)
+    await check_store(app, report)
+    check_kernel_folders(app, report)
     await check_identity(app, serverapp, argv, report)
+    await check_mcp(app, report)
     print("Problems found." if report.failed else "All checks passed.", flush=True)
     return 1 if report.failed else 0
 

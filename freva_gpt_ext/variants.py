@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 USER = "User"
@@ -81,6 +83,12 @@ class Variant:
         """Whether `other`, arriving right after `self`, continues the same message."""
         return self.variant in RUN_VARIANTS and other.variant == self.variant and other.id == self.id
 
+    @property
+    def tools_only(self) -> bool:
+        """Streamed and returned only with `show_tools`: a non-code tool's call and output, and the images of its
+        result (which carry its `tool_name`)."""
+        return self.variant in TOOL_VARIANTS or (self.variant == IMAGE and self.tool_name is not None)
+
 
 def hint(**content: str | int | float) -> Variant:
     return Variant(SERVER_HINT, {k: _hint_text(v) if isinstance(v, str) else v for k, v in content.items()})
@@ -120,6 +128,9 @@ def from_stored(doc: dict[str, Any]) -> Variant:
         if len(content) > 1 and vid is None:
             vid = content[1]
         content = content[0] if content else ""
+        if name == CODE and isinstance(content, dict):
+            # The upstream's reader also took these arguments as an object: the canonical JSON text of it.
+            content = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
     elif name == CODE_ERROR and isinstance(content, list):
         content = content[0] if content else ""
     elif name == SERVER_HINT and isinstance(content, str):
@@ -134,22 +145,64 @@ def from_stored(doc: dict[str, Any]) -> Variant:
         content,
         id=None if vid is None else str(vid),
         tool_name=doc.get("tool_name"),
-        model=doc.get("model"),
-        feedback=doc.get("feedback"),
+        # The upstream writes "" where a variant has none.
+        model=doc.get("model") or None,
+        feedback=doc.get("feedback") or None,
     )
 
 
+def from_stored_thread(docs: Iterable[Any]) -> list[Variant]:
+    """Decode a stored thread's variants in order. The upstream backends stored a `Prompt` first, a `ServerHint`
+    before and a `StreamEnd` after each turn: control variants that a thread of ours never holds
+    (`UNSTORED_VARIANTS`), dropped. (The upstream's `getthread` keeps a last `StreamEnd`; dropped here too, it
+    would move the index of every later variant once the thread is continued.)"""
+    return [from_stored(d) for d in docs if isinstance(d, dict) and d.get("variant") not in UNSTORED_VARIANTS]
+
+
+def stored_time(value: Any) -> float:
+    """POSIX seconds of a stored thread's `date`: a datetime (a naive one is UTC, as BSON's are) or the RFC-3339
+    string the Rust backend wrote; 0.0 (the oldest) when it is absent or unreadable."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return 0.0
+    if not isinstance(value, datetime):
+        return 0.0
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
+
+
 def history_with_interruptions(variants: list[Variant]) -> list[Variant]:
-    """A thread left by a crash may end a `Code` without `CodeOutput`: read it as interrupted."""
+    """A stored thread as clients and the LLM read it (getthread, editthread, forks, chat history).
+
+    A thread left by a crash may end a `Code` without `CodeOutput`: read it as interrupted. The upstream's
+    threads hold control lines (dropped), a `Code` without id (given `legacy_<position>`, and the id-less output
+    after it that id), a `CodeError` without id after its call's output (given the call's id, so that the LLM
+    reads the failure in the call's result), and JSON display data as a second output `<call id>:json` (merged
+    into the call's output: exactly one `CodeOutput` per `Code`, and no tool result that answers no call).
+    """
     out: list[Variant] = []
     pending: Variant | None = None
-    for v in variants:
+    last_code: str | None = None
+    for n, v in enumerate(variants):
+        if v.variant in UNSTORED_VARIANTS:
+            continue
+        if v.variant == CODE and v.id is None:
+            v = replace(v, id=f"legacy_{n}")
+        elif v.variant in (CODE_OUTPUT, CODE_ERROR) and v.id is None and last_code is not None:
+            v = replace(v, id=last_code)
+        if v.variant == CODE_OUTPUT and last_code is not None and v.id == f"{last_code}:json":
+            earlier = next((i for i in range(len(out) - 1, -1, -1) if out[i].variant == CODE_OUTPUT), None)
+            if earlier is not None and out[earlier].id == last_code:
+                out[earlier] = replace(out[earlier], content="\n".join(filter(None, [out[earlier].content, v.content])))
+                continue
         if pending is not None and not (v.variant == CODE_OUTPUT and v.id == pending.id):
             if not (v.variant == CODE and v.id == pending.id):
                 out.extend(_interrupted(pending))
                 pending = None
         if v.variant == CODE:
             pending = v
+            last_code = v.id
         elif v.variant == CODE_OUTPUT and pending is not None and v.id == pending.id:
             pending = None
         out.append(v)

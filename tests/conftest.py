@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from tests.fake_llm import FakeLLM, catalogue_yaml
+from tests.fake_vault import FakeVault
 from tests.frontend import as_stored, read_stream, stored_tail
 from tests.local_server import LocalServer
+from tests.mongo_server import MongoServer
 
 # tests.hub: the session fixture `hub`, a real JupyterHub.
 pytest_plugins = ("pytest_jupyter.jupyter_server", "tests.hub")
@@ -20,6 +22,19 @@ def serving(loop: Any, server: LocalServer) -> Iterator[Any]:
     loop.run_until_complete(server.start())
     yield server
     loop.run_until_complete(server.stop())
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[MongoServer]:
+    """One secantusdb for the session; each test takes a database of its own (`unique_database()`)."""
+    with MongoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def vault(jp_asyncio_loop, mongo_server: MongoServer) -> Iterator[FakeVault]:
+    """A fake Freva vault: `vault.url("ok")` gives out the session's MongoDB (as X-Freva-Vault-URL names it)."""
+    yield from serving(jp_asyncio_loop, FakeVault({"ok": (200, {"mongodb.url": mongo_server.uri})}))
 
 
 @pytest.fixture

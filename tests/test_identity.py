@@ -21,8 +21,10 @@ from urllib.parse import urlencode
 import pytest
 from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
 
+from freva_gpt_ext.core.stores import VAULT_HEADER
 from tests.conftest import body_json, parse_lines, serving
 from tests.fake_auth import FakeAuth
+from tests.mongo_server import unique_database
 
 
 def _closed_url() -> str:
@@ -368,14 +370,18 @@ class TestBearerIdentity:
         assert sum(proxy_auth.counts.values()) == 0
         assert fake_auth.counts["good-token"] == 1
 
-    @pytest.mark.parametrize("freva_config", [{"trust_proxy_headers": True}])
-    async def test_proxy_rest_url_header_honoured_when_trusted(self, bare_fetch, fake_auth, proxy_auth):
-        headers = {**BEARER, "X-Freva-Rest-URL": proxy_auth.url}
+    @pytest.mark.parametrize(
+        "freva_config", [{"trust_proxy_headers": True, "mongodb_database_name": unique_database()}]
+    )
+    async def test_proxy_rest_url_header_honoured_when_trusted(self, bare_fetch, fake_auth, proxy_auth, vault):
+        # Behind the proxy the threads are where its vault says (test_vault.py).
+        stored = {**BEARER, VAULT_HEADER: vault.url("ok")}
+        headers = {**stored, "X-Freva-Rest-URL": proxy_auth.url}
         assert await owner_seen(bare_fetch, headers) == "proxyuser"
         assert proxy_auth.counts["good-token"] == 1
         assert fake_auth.counts["good-token"] == 0
         # The cache is keyed by (rest URL, token): the configured server is still asked on its own.
-        assert await owner_seen(bare_fetch, BEARER) == "janedoe"
+        assert await owner_seen(bare_fetch, stored) == "janedoe"
         assert fake_auth.counts["good-token"] == 1
 
     @pytest.mark.parametrize("freva_config", [{"dev": True}])

@@ -27,6 +27,7 @@ from freva_gpt_ext.tools.kernel_output import OutputCollector, html_to_text
 from freva_gpt_ext.tools.kernel_pool import CONFIG_ENV
 from tests.conftest import body_json
 from tests.fake_llm import FakeLLM, catalogue_yaml
+from tests.mongo_server import MongoServer, unique_database
 from tests.test_turns import LiveStream
 
 pytestmark = pytest.mark.timeout(180)
@@ -165,30 +166,39 @@ async def test_thread_keeps_its_kernel_and_variables(api, jp_serverapp, jp_root_
     assert [v["variant"] for v in stored].count("CodeOutput") == 3
 
 
-@pytest.mark.parametrize(
-    "freva_config",
-    [{"evaluation_system_config_file": "/etc/freva/evaluation_system.conf", "trust_proxy_headers": True}],
-)
-async def test_thread_kernel_folder_and_environment(api, jp_fetch, jp_root_dir):
-    code = f"import os\nprint(os.getcwd())\nprint(os.environ['THREAD_ID'])\nprint(os.environ[{CONFIG_ENV!r}])"
-    lines = await code_turn(api, code)
-    tid = thread_of(lines)
-    cwd, thread_env, config = outputs(lines)[0].splitlines()
-    assert cwd == str(jp_root_dir / "freva-gpt" / tid)  # visible in JupyterLab's file browser
-    assert thread_env == tid and config == "/etc/freva/evaluation_system.conf"
-    # a trusted proxy's header names another configuration file
-    response = await jp_fetch(
-        "api",
-        "chatbot",
-        "streamresponse",
-        method="POST",
-        body=json.dumps({"input": directive(code)}),
-        headers={**AUTH, "X-Freva-Config-Path": "/other/freva.conf"},
-    )
-    lines = [json.loads(x) for x in response.body.decode().splitlines()]
-    assert outputs(lines)[0].splitlines()[2] == "/other/freva.conf"
-    # the kernels got it in their own environment; the server's is untouched
-    assert "THREAD_ID" not in os.environ and "EVALUATION_SYSTEM_CONFIG_FILE" not in os.environ
+class TestBehindTheProxy:
+    """`trust_proxy_headers`: the proxy's headers reach the kernels. Behind the proxy threads live in MongoDB (no
+    embedded store there), here the configured one."""
+
+    @pytest.fixture
+    def freva_config(self, mongo_server: MongoServer) -> dict[str, Any]:
+        return {
+            "evaluation_system_config_file": "/etc/freva/evaluation_system.conf",
+            "trust_proxy_headers": True,
+            "mongodb_uri": mongo_server.uri,
+            "mongodb_database_name": unique_database(),
+        }
+
+    async def test_thread_kernel_folder_and_environment(self, api, jp_fetch, jp_root_dir):
+        code = f"import os\nprint(os.getcwd())\nprint(os.environ['THREAD_ID'])\nprint(os.environ[{CONFIG_ENV!r}])"
+        lines = await code_turn(api, code)
+        tid = thread_of(lines)
+        cwd, thread_env, config = outputs(lines)[0].splitlines()
+        assert cwd == str(jp_root_dir / "freva-gpt" / tid)  # visible in JupyterLab's file browser
+        assert thread_env == tid and config == "/etc/freva/evaluation_system.conf"
+        # a trusted proxy's header names another configuration file
+        response = await jp_fetch(
+            "api",
+            "chatbot",
+            "streamresponse",
+            method="POST",
+            body=json.dumps({"input": directive(code)}),
+            headers={**AUTH, "X-Freva-Config-Path": "/other/freva.conf"},
+        )
+        lines = [json.loads(x) for x in response.body.decode().splitlines()]
+        assert outputs(lines)[0].splitlines()[2] == "/other/freva.conf"
+        # the kernels got it in their own environment; the server's is untouched
+        assert "THREAD_ID" not in os.environ and "EVALUATION_SYSTEM_CONFIG_FILE" not in os.environ
 
 
 async def test_matplotlib_plot_arrives_as_png(api):

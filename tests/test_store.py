@@ -1,18 +1,29 @@
-"""The thread store contract, run against every embedded backend."""
+"""The thread store contract, run against every backend: memory, SQLite and MongoDB (a real wire-protocol
+server, secantusdb; a database of its own per test)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import bson
 import pytest
+from bson import ObjectId
+from pymongo import AsyncMongoClient, monitoring
 
 from freva_gpt_ext.storage import (
     MemoryThreadStore,
+    MongoThreadStore,
     SQLiteThreadStore,
     StoreError,
     ThreadInfo,
@@ -20,18 +31,31 @@ from freva_gpt_ext.storage import (
 )
 from freva_gpt_ext.storage.sqlite import SCHEMA_VERSION
 from freva_gpt_ext.variants import Variant
+from tests.mongo_server import MongoServer, unique_database
+from tests.server_process import free_port
 
 ALICE = "alice"
 BOB = "bob"
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+def _mongo_store(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop, database: str) -> MongoThreadStore:
+    server: MongoServer = request.getfixturevalue("mongo_server")
+    made = MongoThreadStore(server.uri, database)
+    loop.run_until_complete(made.ensure_indexes())
+    return made
+
+
+@pytest.fixture(params=["sqlite", "memory", "mongo"])
 def store(
     request: pytest.FixtureRequest, tmp_path: Path, jp_asyncio_loop: asyncio.AbstractEventLoop
 ) -> Iterator[ThreadStore]:
-    made: ThreadStore = (
-        SQLiteThreadStore(tmp_path / "db" / "threads.sqlite") if request.param == "sqlite" else MemoryThreadStore()
-    )
+    made: ThreadStore
+    if request.param == "sqlite":
+        made = SQLiteThreadStore(tmp_path / "db" / "threads.sqlite")
+    elif request.param == "memory":
+        made = MemoryThreadStore()
+    else:
+        made = _mongo_store(request, jp_asyncio_loop, unique_database())
     yield made
     jp_asyncio_loop.run_until_complete(made.aclose())
 
@@ -41,16 +65,20 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "threads.sqlite"
 
 
-@pytest.fixture
-def sqlite_pair(
-    db_path: Path, jp_asyncio_loop: asyncio.AbstractEventLoop
-) -> Iterator[tuple[SQLiteThreadStore, SQLiteThreadStore]]:
-    """Two stores on one file: two Jupyter servers sharing a data dir."""
-    first = SQLiteThreadStore(db_path)
-    second = SQLiteThreadStore(db_path)
-    yield first, second
-    jp_asyncio_loop.run_until_complete(first.aclose())
-    jp_asyncio_loop.run_until_complete(second.aclose())
+@pytest.fixture(params=["sqlite", "mongo"])
+def pair(
+    request: pytest.FixtureRequest, db_path: Path, jp_asyncio_loop: asyncio.AbstractEventLoop
+) -> Iterator[tuple[ThreadStore, ThreadStore]]:
+    """Two stores on one database: two servers sharing a data dir, or two replicas sharing a MongoDB."""
+    stores: list[ThreadStore]
+    if request.param == "sqlite":
+        stores = [SQLiteThreadStore(db_path), SQLiteThreadStore(db_path)]
+    else:
+        database = unique_database()
+        stores = [_mongo_store(request, jp_asyncio_loop, database) for _ in range(2)]
+    yield stores[0], stores[1]
+    for made in stores:
+        jp_asyncio_loop.run_until_complete(made.aclose())
 
 
 async def _thread(store: ThreadStore, thread_id: str, user: str = ALICE, topic: str = "", *texts: str) -> None:
@@ -80,16 +108,17 @@ async def test_round_trip_with_extend_before_and_after_sync(store: ThreadStore) 
     await store.append("t1", Variant("Code", '{"code": "pri', id="call_1"))
     await store.extend_last("t1", 'nt(1)"}')
     await store.append("t1", Variant("CodeOutput", "1\n", id="call_1"))
-    await store.append("t1", Variant("ServerHint", {"thread_id": "t1", "n": 3}))
-    await store.append("t1", Variant("Code", ["x = 1", "legacy_id"]))
+    await store.append("t1", Variant("ToolOutput", {"thread_id": "t1", "n": 3}, id="call_0", tool_name="rag"))
+    # Content of any JSON shape comes back as it was (a `Code` list would be read as the upstream's `[text, id]`).
+    await store.append("t1", Variant("ToolOutput", ["x = 1", {"n": [1, 2.5, None]}], id="call_3", tool_name="rag"))
     await store.append("t1", Variant("ToolCall", '{"q": "cdo"}', id="call_2", tool_name="get_context"))
     expected = [
         Variant("User", "plot ERA5"),
         Variant("Assistant", "Hello world", model="gpt-x"),
         Variant("Code", '{"code": "print(1)"}', id="call_1"),
         Variant("CodeOutput", "1\n", id="call_1"),
-        Variant("ServerHint", {"thread_id": "t1", "n": 3}),
-        Variant("Code", ["x = 1", "legacy_id"]),
+        Variant("ToolOutput", {"thread_id": "t1", "n": 3}, id="call_0", tool_name="rag"),
+        Variant("ToolOutput", ["x = 1", {"n": [1, 2.5, None]}], id="call_3", tool_name="rag"),
         Variant("ToolCall", '{"q": "cdo"}', id="call_2", tool_name="get_context"),
     ]
     assert await store.read("t1") == expected
@@ -107,11 +136,11 @@ async def test_round_trip_with_extend_before_and_after_sync(store: ThreadStore) 
 async def test_extend_leaves_non_text_content_alone(store: ThreadStore) -> None:
     await store.create("t1", ALICE)
     await store.extend_last("t1", "nothing to extend")
-    await store.append("t1", Variant("ServerHint", {"a": 1}))
+    await store.append("t1", Variant("ToolOutput", {"a": 1}))
     await store.extend_last("t1", "x")
     await store.sync()
     await store.extend_last("t1", "y")
-    assert await store.read("t1") == [Variant("ServerHint", {"a": 1})]
+    assert await store.read("t1") == [Variant("ToolOutput", {"a": 1})]
 
 
 async def test_writes_to_unknown_thread_fail(store: ThreadStore) -> None:
@@ -124,13 +153,13 @@ async def test_writes_to_unknown_thread_fail(store: ThreadStore) -> None:
 
 async def test_stored_state_cannot_be_mutated_by_callers(store: ThreadStore) -> None:
     await store.create("t1", ALICE)
-    hint = Variant("ServerHint", {"model": "a"})
-    await store.append("t1", hint)
-    hint.content["model"] = "changed by caller"
+    output = Variant("ToolOutput", {"model": "a"})
+    await store.append("t1", output)
+    output.content["model"] = "changed by caller"
     first = await store.read("t1")
     first[0].content["model"] = "changed by reader"
     first[0].feedback = "up"
-    assert await store.read("t1") == [Variant("ServerHint", {"model": "a"})]
+    assert await store.read("t1") == [Variant("ToolOutput", {"model": "a"})]
 
 
 async def test_create_is_a_noop_when_the_thread_exists(store: ThreadStore) -> None:
@@ -214,6 +243,16 @@ async def test_search_takes_wildcards_literally_and_folds_unicode(store: ThreadS
     assert _ids((await store.search(ALICE, ":\\d", 10, 0))[0]) == ["slash"]
     assert _ids((await store.search(ALICE, "%", 10, 0))[0]) == ["pct"]
     assert _ids((await store.search(ALICE, "äRGER", 10, 0))[0]) == ["umlaut"]
+
+
+async def test_search_takes_regular_expression_syntax_literally(store: ThreadStore) -> None:
+    texts = ["a.c", "(x)", "[ab]", "^top", "end$", "p|q", "n+?", "{2}", "\\d", "a*b", "#1 ~x&y"]
+    for n, text in enumerate(texts):
+        await _thread(store, f"t{n}", ALICE, "", f"see {text} here")
+    await _thread(store, "decoy", ALICE, "", "abc x a ab top end p q n 2 d 7 ab 1 xy aab")
+    for n, text in enumerate(texts):
+        assert _ids((await store.search(ALICE, text, 10, 0))[0]) == [f"t{n}"], text
+    assert await store.search(ALICE, ".*", 10, 0) == ([], 0)
 
 
 # -- mutations --------------------------------------------------------------------------------------
@@ -382,6 +421,45 @@ async def test_lone_surrogates_are_stored_as_replacement_characters(store: Threa
     assert (await store.read("t1"))[-1] == Variant("User", "after")
 
 
+async def test_concurrent_writers_lose_nothing_and_keep_each_ones_order(store: ThreadStore) -> None:
+    writers = 4
+    await store.create("shared", ALICE)
+    for n in range(writers):
+        await store.create(f"own{n}", ALICE)
+
+    async def writer(n: int) -> None:
+        for i in range(12):
+            await store.append(f"own{n}", Variant("Assistant", f"{n}:{i}:"))
+            for piece in "abc":
+                await store.extend_last(f"own{n}", piece)
+                await asyncio.sleep(0)
+            await store.append("shared", Variant("User", f"{n}:{i}"))
+            if i % 5 == 0:
+                await store.sync(f"own{n}")
+
+    await asyncio.gather(*(writer(n) for n in range(writers)))
+    for n in range(writers):
+        assert [v.content for v in await store.read(f"own{n}")] == [f"{n}:{i}:abc" for i in range(12)]
+    shared = [str(v.content) for v in await store.read("shared")]
+    assert len(shared) == writers * 12
+    for n in range(writers):
+        assert [c for c in shared if c.startswith(f"{n}:")] == [f"{n}:{i}" for i in range(12)]
+    assert (await store.list_threads(ALICE, 10, 0))[1] == writers + 1
+
+
+async def test_size_is_tracked_or_declared_untracked(store: ThreadStore) -> None:
+    assert store.max_thread_bytes is None or store.max_thread_bytes > 1024 * 1024
+    await store.create("t1", ALICE)
+    await store.append("t1", Variant("User", "q"))
+    small = await store.info("t1")
+    await store.append("t1", Variant("Assistant", "x" * 50_000))
+    large = await store.info("t1")
+    assert small is not None and large is not None
+    if small.size is not None:
+        assert large.size is not None
+        assert large.size - small.size >= 50_000
+
+
 # -- memory store -----------------------------------------------------------------------------------
 
 
@@ -428,22 +506,11 @@ async def test_memory_store_is_bounded_by_bytes() -> None:
     assert await store.read("t4") == [Variant("User", plot)]
 
 
-# -- SQLite across processes ------------------------------------------------------------------------
+# -- two stores on one database: processes on one data dir, replicas on one MongoDB ----------------
 
 
-async def test_sqlite_uses_wal(db_path: Path) -> None:
-    store = SQLiteThreadStore(db_path)
-    try:
-        with contextlib.closing(sqlite3.connect(db_path)) as probe:
-            assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        await store.aclose()
-
-
-async def test_sqlite_second_instance_sees_synced_data_lease_and_stop(
-    sqlite_pair: tuple[SQLiteThreadStore, SQLiteThreadStore],
-) -> None:
-    first, second = sqlite_pair
+async def test_second_instance_sees_synced_data_lease_and_stop(pair: tuple[ThreadStore, ThreadStore]) -> None:
+    first, second = pair
     await first.create("t1", ALICE, "shared")
     await first.append("t1", Variant("Assistant", "par"))
     await first.extend_last("t1", "tial")
@@ -464,10 +531,8 @@ async def test_sqlite_second_instance_sees_synced_data_lease_and_stop(
     assert await first.stop_requested("t1") is False
 
 
-async def test_sqlite_flushes_without_sync_after_yielding(
-    sqlite_pair: tuple[SQLiteThreadStore, SQLiteThreadStore],
-) -> None:
-    first, second = sqlite_pair
+async def test_writes_are_flushed_without_sync_after_yielding(pair: tuple[ThreadStore, ThreadStore]) -> None:
+    first, second = pair
     await first.create("t1", ALICE, "auto")
     await first.append("t1", Variant("User", "hello"))
     await first.extend_last("t1", " there")
@@ -479,10 +544,8 @@ async def test_sqlite_flushes_without_sync_after_yielding(
     assert (_ids(page), total) == (["t1"], 1)
 
 
-async def test_sqlite_two_writers_append_to_one_thread_in_turn(
-    sqlite_pair: tuple[SQLiteThreadStore, SQLiteThreadStore],
-) -> None:
-    first, second = sqlite_pair
+async def test_two_writers_append_to_one_thread_in_turn(pair: tuple[ThreadStore, ThreadStore]) -> None:
+    first, second = pair
     await first.create("t1", ALICE)
     await first.append("t1", Variant("User", "turn 1"))
     await first.sync()
@@ -493,15 +556,17 @@ async def test_sqlite_two_writers_append_to_one_thread_in_turn(
     await first.extend_last("t1", "!")
     await first.sync()
     await second.extend_last("t1", "?")
-    expected = [Variant("User", "turn 1"), Variant("User", "turn 2"), Variant("Assistant", "turn 3!?")]
+    await second.sync()
+    # The first one wrote that run last, but it is no longer as the first one left it.
+    await first.extend_last("t1", ".")
+    await first.sync()
+    expected = [Variant("User", "turn 1"), Variant("User", "turn 2"), Variant("Assistant", "turn 3!?.")]
     assert await second.read("t1") == expected
     assert await first.read("t1") == expected
 
 
-async def test_sqlite_delete_in_other_process_drops_pending_appends(
-    sqlite_pair: tuple[SQLiteThreadStore, SQLiteThreadStore],
-) -> None:
-    first, second = sqlite_pair
+async def test_delete_by_other_instance_drops_pending_appends(pair: tuple[ThreadStore, ThreadStore]) -> None:
+    first, second = pair
     await first.create("t1", ALICE)
     await first.sync()
     await second.delete("t1")
@@ -509,6 +574,53 @@ async def test_sqlite_delete_in_other_process_drops_pending_appends(
     await first.sync()
     assert await second.read("t1") == []
     assert await first.info("t1") is None
+
+
+async def test_two_instances_writing_one_thread_at_once_lose_nothing(pair: tuple[ThreadStore, ThreadStore]) -> None:
+    first, second = pair
+    await first.create("t1", ALICE)
+    await first.sync()
+
+    async def writer(store: ThreadStore, name: str) -> None:
+        for n in range(20):
+            await store.append("t1", Variant("User", f"{name}{n}"))
+            if n % 3 == 0:
+                await store.sync("t1")
+            await asyncio.sleep(0)
+        await store.sync("t1")
+
+    await asyncio.gather(writer(first, "a"), writer(second, "b"))
+    stored = [v.content for v in await first.read("t1")]
+    assert sorted(stored) == sorted([f"a{n}" for n in range(20)] + [f"b{n}" for n in range(20)])
+    for name in "ab":
+        assert [c for c in stored if c.startswith(name)] == [f"{name}{n}" for n in range(20)]
+
+
+async def test_an_expired_lease_is_taken_over_by_the_other_instance(pair: tuple[ThreadStore, ThreadStore]) -> None:
+    first, second = pair
+    assert await first.acquire_lease("t1", "replica-a", 0.3) is True
+    assert await second.acquire_lease("t1", "replica-b", 30) is False
+    assert await second.request_stop("t1") is True
+    await asyncio.sleep(0.4)  # replica A was killed: its lease runs out
+    assert await second.lease_holder("t1") is None
+    assert await second.acquire_lease("t1", "replica-b", 30) is True
+    assert await second.stop_requested("t1") is False  # a new turn starts without the old stop
+    assert await first.renew_lease("t1", "replica-a", 30) is False
+    await first.release_lease("t1", "replica-a")  # a late release of the old holder takes nothing away
+    assert await first.lease_holder("t1") == "replica-b"
+    assert await first.acquire_lease("t1", "replica-a", 30) is False
+
+
+# -- SQLite across processes ------------------------------------------------------------------------
+
+
+async def test_sqlite_uses_wal(db_path: Path) -> None:
+    store = SQLiteThreadStore(db_path)
+    try:
+        with contextlib.closing(sqlite3.connect(db_path)) as probe:
+            assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        await store.aclose()
 
 
 async def test_sqlite_batches_a_run_into_one_statement(db_path: Path) -> None:
@@ -745,5 +857,406 @@ async def test_sqlite_never_runs_on_the_event_loop(db_path: Path) -> None:
         await store.sync()
         store._conn.set_trace_callback(None)
         assert threads and loop_thread not in threads
+    finally:
+        await store.aclose()
+
+
+# -- MongoDB: the upstream's documents, GridFS, failures --------------------------------------------
+
+PASSWORD = "s3cret%2Fpw-4711"  # as written in a URI; "s3cret/pw-4711" decoded
+
+
+@dataclass
+class Mongo:
+    store: MongoThreadStore
+    db: Any  # the store's database, seen directly (pymongo)
+
+    @property
+    def threads(self) -> Any:
+        return self.db["threads"]
+
+
+@pytest.fixture
+def mongo(
+    request: pytest.FixtureRequest, mongo_server: MongoServer, jp_asyncio_loop: asyncio.AbstractEventLoop
+) -> Iterator[Mongo]:
+    """A MongoDB store (options from indirect parametrisation) and a client of its database."""
+    database = unique_database()
+    store = MongoThreadStore(mongo_server.uri, database, **getattr(request, "param", {}))
+    jp_asyncio_loop.run_until_complete(store.ensure_indexes())
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.uri, tz_aware=True)
+    yield Mongo(store, client[database])
+    jp_asyncio_loop.run_until_complete(store.aclose())
+    jp_asyncio_loop.run_until_complete(client.close())
+
+
+async def test_mongo_documents_keep_the_upstream_shape_and_fork_lineage(mongo: Mongo) -> None:
+    store = mongo.store
+    await store.create("src", ALICE, "ERA5")
+    await store.append("src", Variant("User", "plot"))
+    await store.append("src", Variant("Assistant", "He", model="m"))
+    await store.extend_last("src", "llo")
+    await store.sync()
+    await store.extend_last("src", "!")
+    await store.append("src", Variant("Code", '{"code":"1"}', id="c1"))
+    await store.sync()
+    doc = await mongo.threads.find_one({"thread_id": "src"}, {"_id": 0})
+    assert doc is not None
+    assert (doc["user_id"], doc["topic"]) == (ALICE, "ERA5")
+    assert isinstance(doc["date"], datetime) and abs(doc["date"].timestamp() - time.time()) < 60
+    assert doc["content"] == [
+        {"variant": "User", "content": "plot"},
+        {"variant": "Assistant", "content": "Hello!", "model": "m"},
+        {"variant": "Code", "content": '{"code":"1"}', "id": "c1"},
+    ]
+    assert (doc["root_thread_id"], doc["parent_thread_id"], doc["fork_from_index"]) == ("src", None, None)
+
+    await store.fork("src", "fork1", BOB, await store.read("src"), "ERA5", fork_from_index=3)
+    await store.fork("fork1", "fork2", BOB, await store.read("fork1"), "ERA5")
+    lineage = {
+        d["thread_id"]: (d["root_thread_id"], d["parent_thread_id"], d["fork_from_index"])
+        for d in await mongo.threads.find({"thread_id": {"$in": ["fork1", "fork2"]}}).to_list()
+    }
+    assert lineage == {"fork1": ("src", "src", 3), "fork2": ("src", "fork1", None)}
+    infos = [await store.info(t) for t in ("src", "fork1", "fork2")]
+    assert [i.fork_from_index if i else "missing" for i in infos] == [None, 3, None]
+
+
+async def test_mongo_feedback_is_kept_in_userfeedback_and_deleted_with_the_thread(mongo: Mongo) -> None:
+    store = mongo.store
+    await store.create("t1", ALICE)
+    for v in [
+        Variant("User", "q"),
+        Variant("Assistant", "a0"),
+        Variant("Code", "c", id="k"),
+        Variant("CodeOutput", "o", id="k"),
+        Variant("Assistant", "a1"),
+    ]:
+        await store.append("t1", v)
+    await _thread(store, "t2", ALICE)
+    await store.append("t2", Variant("Assistant", "other"))
+    assert await store.set_feedback("t1", 1, "down") is True
+    assert await store.set_feedback("t1", 2, "up") is True
+    assert await store.set_feedback("t1", 1, "too long") is True  # replaces the entry
+    assert await store.set_feedback("t2", 0, "up") is True
+    feedback = mongo.db["userfeedback"]
+    entries = await feedback.find({"thread_id": "t1"}, {"_id": 0}).sort("entry_index").to_list()
+    assert entries == [
+        {
+            "thread_id": "t1",
+            "entry_index": 2,
+            "user_id": ALICE,
+            "entry": {"variant": "Code", "content": "c", "id": "k", "feedback": "too long"},
+            "feedback": "too long",
+        },
+        {
+            "thread_id": "t1",
+            "entry_index": 4,
+            "user_id": ALICE,
+            "entry": {"variant": "Assistant", "content": "a1", "feedback": "up"},
+            "feedback": "up",
+        },
+    ]
+    assert await store.set_feedback("t1", 2, None) is True
+    assert [e["entry_index"] for e in await feedback.find({"thread_id": "t1"}).to_list()] == [2]
+    await store.delete("t1")
+    assert await feedback.count_documents({"thread_id": "t1"}) == 0
+    assert await feedback.count_documents({"thread_id": "t2"}) == 1
+
+
+@pytest.mark.parametrize("mongo", [{"image_threshold": 1000}], indirect=True)
+async def test_mongo_large_images_go_to_gridfs_and_read_back_in_line(mongo: Mongo) -> None:
+    store = mongo.store
+    big, small = "B" * 5000, "s" * 500
+    await _thread(store, "t1", ALICE, "", "plot it")
+    await store.append("t1", Variant("Image", big, id="c_0"))
+    await store.append("t1", Variant("Image", small, id="c_1"))
+    await store.sync()
+    doc = await mongo.threads.find_one({"thread_id": "t1"})
+    assert doc is not None
+    large, inline = doc["content"][1:]
+    assert large["content"] == "" and isinstance(large["gridfs_id"], ObjectId)
+    assert inline == {"variant": "Image", "content": small, "id": "c_1"}
+    expected = [Variant("User", "plot it"), Variant("Image", big, id="c_0"), Variant("Image", small, id="c_1")]
+    assert await store.read("t1") == expected
+    info = await store.info("t1")
+    assert info is not None and info.size is not None and info.size < len(big)
+
+    files = mongo.db["threads.images.files"]
+    assert [f["metadata"] for f in await files.find().to_list()] == [{"thread_id": "t1"}]
+    await store.fork("t1", "f1", BOB, await store.read("t1"), "")
+    await store.delete("t1")
+    assert await files.count_documents({"metadata.thread_id": "t1"}) == 0
+    assert await mongo.db["threads.images.chunks"].count_documents({"files_id": large["gridfs_id"]}) == 0
+    assert await store.read("f1") == expected
+
+    # The upstream kept images in line: such a thread reads as it is.
+    await mongo.threads.insert_one(
+        {
+            "user_id": ALICE,
+            "thread_id": "old",
+            "date": datetime.now(UTC),
+            "content": [{"variant": "Image", "content": big}],
+        }
+    )
+    assert await store.read("old") == [Variant("Image", big)]
+
+
+async def test_mongo_size_is_the_documents_and_the_limit_is_12_mb(mongo: Mongo) -> None:
+    store = mongo.store
+    assert store.max_thread_bytes == 12 * 1024 * 1024
+    assert MongoThreadStore("mongodb://127.0.0.1:1/", max_thread_bytes=1000).max_thread_bytes == 1000
+    await _thread(store, "t1", ALICE, "size", "é" * 10_000)  # two bytes each in UTF-8
+    info = await store.info("t1")
+    doc = await mongo.threads.find_one({"thread_id": "t1"})
+    assert info is not None and info.size == len(bson.encode(doc)) > 20_000
+    page, _ = await store.list_threads(ALICE, 10, 0)
+    assert [i.size for i in page] == [info.size]
+
+
+def test_mongo_write_concern_must_acknowledge() -> None:
+    for refused in (0, "0", -1, " "):
+        with pytest.raises(ValueError, match="write concern"):
+            MongoThreadStore("mongodb://127.0.0.1:1/", write_concern=refused)
+
+
+@pytest.mark.parametrize(
+    ("mongo", "acknowledged"),
+    [({"write_concern": "majority"}, True), ({"write_concern": "2"}, False)],
+    indirect=["mongo"],
+)
+async def test_mongo_write_concerns_pass_through(mongo: Mongo, acknowledged: bool) -> None:
+    # secantusdb is a one-member replica set: "majority" is acknowledged, two members never are.
+    await _thread(mongo.store, "t1", ALICE, "", "hello")
+    if acknowledged:
+        await mongo.store.sync()
+        assert await mongo.store.read("t1") == [Variant("User", "hello")]
+    else:
+        with pytest.raises(StoreError):
+            await mongo.store.sync()
+
+
+async def test_mongo_reads_the_upstream_shapes(mongo: Mongo) -> None:
+    store = mongo.store
+    rust_date = "2024-06-12T08:15:42.913572411+00:00"
+    await mongo.threads.insert_many(
+        [
+            {
+                "user_id": ALICE,
+                "thread_id": "rust",
+                "date": rust_date,
+                "topic": "Rust era",
+                "content": [
+                    {"variant": "Prompt", "content": '[{"role": "system", "content": "secret prompt"}]'},
+                    {"variant": "ServerHint", "content": '{"thread_id": "rust"}'},
+                    {"variant": "User", "content": "plot tas"},
+                    {"variant": "Code", "content": ['{"code":"x"}', "call_1"]},
+                    {"variant": "CodeOutput", "content": ["out", "call_1"]},
+                    {"variant": "Image", "content": "iVBOR"},
+                    {"variant": "CodeError", "content": ["failed"]},
+                    {"variant": "Assistant", "content": "done", "feedback": ""},
+                    {"variant": "StreamEnd", "content": "Generation complete"},
+                    {"variant": "User", "content": "again", "model": ""},
+                    {"variant": "StreamEnd", "content": "Generation complete"},
+                ],
+            },
+            {
+                "user_id": ALICE,
+                "thread_id": "py",
+                "date": datetime(2025, 3, 4, 10, 20, 30, tzinfo=UTC),
+                "topic": "Python era",
+                "content": [{"variant": "User", "content": "hello"}],
+                # the upstream's lineage of a thread that is no fork
+                "root_thread_id": "py",
+                "parent_thread_id": "py",
+                "fork_from_index": 0,
+            },
+        ]
+    )
+    assert await store.read("rust") == [
+        Variant("User", "plot tas"),
+        Variant("Code", '{"code":"x"}', id="call_1"),
+        Variant("CodeOutput", "out", id="call_1"),
+        Variant("Image", "iVBOR"),
+        Variant("CodeError", "failed"),
+        Variant("Assistant", "done"),
+        Variant("User", "again"),
+    ]
+    rust, py = await store.info("rust"), await store.info("py")
+    assert rust is not None and py is not None
+    assert rust.updated == pytest.approx(datetime.fromisoformat(rust_date).timestamp())
+    assert (rust.fork_from_index, py.fork_from_index) == (None, None)
+    assert _ids((await store.list_threads(ALICE, 10, 0))[0]) == ["py", "rust"]
+    assert _ids((await store.search(ALICE, "PLOT TAS", 10, 0))[0]) == ["rust"]
+    assert await store.search(ALICE, "secret prompt", 10, 0) == ([], 0)
+
+    # Continued: written per variant, and its activity is now.
+    await store.append("rust", Variant("User", "more"))
+    await store.append("rust", Variant("Assistant", "a"))
+    await store.sync()
+    await store.extend_last("rust", "b")
+    assert await store.set_feedback("rust", 0, "up") is True  # the Code: 4th in the stored content
+    assert (await store.read("rust"))[-2:] == [Variant("User", "more"), Variant("Assistant", "ab")]
+    doc = await mongo.threads.find_one({"thread_id": "rust"})
+    assert doc is not None and isinstance(doc["date"], datetime) and doc["content"][3]["feedback"] == "up"
+    assert _ids((await store.list_threads(ALICE, 10, 0))[0]) == ["rust", "py"]
+    entry = await mongo.db["userfeedback"].find_one({"thread_id": "rust"})
+    assert entry is not None and entry["entry_index"] == 3
+
+
+class _Commands(monitoring.CommandListener):
+    """The commands a client sent (pymongo's own monitoring API)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_mongo_streams_a_long_answer_in_few_writes(mongo_server: MongoServer) -> None:
+    commands = _Commands()
+    store = MongoThreadStore(mongo_server.uri, unique_database(), client_options={"event_listeners": [commands]})
+    try:
+        await _thread(store, "t1", ALICE, "", "question")
+        await store.append("t1", Variant("Assistant", ""))
+        await store.sync()
+        commands.names.clear()
+        for n in range(2000):
+            await store.extend_last("t1", f"{n} ")
+            await asyncio.sleep(0)  # the loop turns between tokens, as while an LLM streams
+        await store.sync()
+        writes = [c for c in commands.names if c not in ("hello", "isMaster", "ping", "endSessions")]
+        assert 1 <= len(writes) <= 200, writes
+        assert (await store.read("t1"))[-1] == Variant("Assistant", "".join(f"{n} " for n in range(2000)))
+    finally:
+        await store.aclose()
+
+
+async def test_mongo_down_is_a_store_error_and_the_store_recovers() -> None:
+    server = MongoServer().start()
+    store = MongoThreadStore(server.uri, "threads_db", server_selection_timeout=0.5)
+    try:
+        await _thread(store, "t1", ALICE, "", "hello")
+        await store.sync()
+        server.stop()
+        await store.append("t1", Variant("Assistant", "lost"))  # buffered: the thread is known
+        with pytest.raises(StoreError, match="unreachable"):
+            await store.sync("t1")
+        await store.sync("t1")  # reported once
+        failing = [
+            store.info("t1"),
+            store.read("t1"),
+            store.list_threads(ALICE, 10, 0),
+            store.search(ALICE, "x", 10, 0),
+            store.set_topic("t1", "x"),
+            store.set_feedback("t1", 0, "up"),
+            store.fork("t1", "t2", BOB, [], ""),
+            store.delete("t1"),
+            store.acquire_lease("t1", "h", 30),
+            store.lease_holder("t1"),
+            store.request_stop("t1"),
+            store.stop_requested("t1"),
+            store.ensure_indexes(),
+        ]
+        for call in failing:
+            with pytest.raises(StoreError, match="unreachable"):
+                await call
+        server.start()  # the same port; secantusdb in memory starts empty
+        await _thread(store, "t3", ALICE, "back", "again")
+        await store.append("t3", Variant("Assistant", "a"))
+        await store.extend_last("t3", "b")
+        await store.sync()
+        assert await store.read("t3") == [Variant("User", "again"), Variant("Assistant", "ab")]
+        assert await store.acquire_lease("t3", "h", 30) is True
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+async def test_mongo_a_bad_uri_fails_on_first_use_as_a_store_error() -> None:
+    store = MongoThreadStore("http://not-mongodb.example/")  # constructing it does no I/O, checks nothing
+    with pytest.raises(StoreError, match="InvalidURI"):
+        await store.info("t1")
+    assert (await store.check())["reachable"] is False
+    await store.aclose()
+
+
+async def test_mongo_errors_and_reports_never_show_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    uri = f"mongodb://freva:{PASSWORD}@127.0.0.1:{free_port()}/?authSource=admin"
+    store = MongoThreadStore(uri, server_selection_timeout=0.3)
+    try:
+        with pytest.raises(StoreError) as failed:
+            await store.info("t1")
+        report = await store.check()
+        assert (report["backend"], report["reachable"], report["write_test"]) == ("mongodb", False, False)
+        assert report["detail"]
+        assert store.shown_uri.startswith("mongodb://freva:***@127.0.0.1:")
+        for text in (str(failed.value), json.dumps(report), caplog.text, store.shown_uri):
+            assert PASSWORD not in text and urllib.parse.unquote(PASSWORD) not in text
+    finally:
+        await store.aclose()
+
+
+async def test_mongo_check_reports_indexes_and_a_write(mongo: Mongo) -> None:
+    await mongo.store.ensure_indexes()  # again: a no-op
+    report = await mongo.store.check()
+    assert (report["reachable"], report["write_test"]) == (True, True)
+    assert {
+        "threads.thread_id_1",
+        "threads.user_id_1_date_-1",
+        "userfeedback.thread_id_1_entry_index_1",
+        "threads.leases.expires_at_1",
+    } <= set(report["indexes"])
+    assert "MongoDB" in report["detail"]
+    assert await mongo.db["threads.leases"].count_documents({}) == 0  # the probe is gone
+    ttl = (await mongo.db["threads.leases"].index_information())["expires_at_1"]
+    assert ttl["expireAfterSeconds"] > 0
+    unique = (await mongo.threads.index_information())["thread_id_1"]
+    assert unique.get("unique") is True
+
+
+async def test_mongo_store_is_closed_after_aclose(mongo: Mongo) -> None:
+    await _thread(mongo.store, "t1", ALICE, "", "last words")
+    await mongo.store.aclose()
+    with pytest.raises(StoreError, match="closed"):
+        await mongo.store.read("t1")
+    doc = await mongo.threads.find_one({"thread_id": "t1"})
+    assert doc is not None and doc["content"] == [{"variant": "User", "content": "last words"}]
+
+
+# -- getthread on MongoDB: images come back in line -------------------------------------------------
+
+
+@pytest.fixture
+def route_database() -> str:
+    return unique_database()
+
+
+@pytest.fixture
+def freva_config(mongo_server: MongoServer, route_database: str) -> dict[str, Any]:
+    return {"mongodb_uri": mongo_server.uri, "mongodb_database_name": route_database, "mongodb_image_threshold": 1000}
+
+
+async def test_getthread_puts_a_gridfs_image_back_in_line(
+    api: Callable[..., Any], mongo_server: MongoServer, route_database: str
+) -> None:
+    image = "P" * 5000
+    store = MongoThreadStore(mongo_server.uri, route_database, image_threshold=1000)
+    try:
+        await _thread(store, "withimage", ALICE, "plot", "plot it")
+        await store.append("withimage", Variant("Image", image, id="c_0"))
+        await store.sync()
+        response = await api("getthread", thread_id="withimage")
+        assert json.loads(response.body) == [
+            {"variant": "User", "content": "plot it"},
+            {"variant": "Image", "content": image, "id": "c_0"},
+        ]
     finally:
         await store.aclose()

@@ -26,7 +26,6 @@ from ..variants import (
     STREAM_END,
     TOOL_CALL,
     TOOL_OUTPUT,
-    TOOL_VARIANTS,
     UNSTORED_VARIANTS,
     USER,
     Variant,
@@ -145,7 +144,7 @@ class Turn:
         if v.variant == SERVER_HINT and isinstance(v.content, dict) and "status" in v.content:
             self._status = str(v.content["status"])
         # The web frontend shows the user's message itself; hidden tools are for getthread(show_tools) only.
-        if v.variant == USER or (v.variant in TOOL_VARIANTS and not self.show_tools):
+        if v.variant == USER or (v.tools_only and not self.show_tools):
             return
         self._queue(v)
 

@@ -111,7 +111,9 @@ class Orchestrator:
         messages = build_messages(
             prompt_set, turn.history, turn.user_input, vision=model.supports_vision, packages=packages
         )
-        specs = [openai_function(t) for t in self.tools.values()] if model.supports_tools else []
+        # The tools known now serve the whole turn: MCP servers may come and go meanwhile.
+        tools = dict(self.tools)
+        specs = [openai_function(t) for t in tools.values()] if model.supports_tools else []
         for round_no in range(self.max_tool_rounds + 1):
             if round_no:
                 yield hint(status="thinking")
@@ -164,7 +166,7 @@ class Orchestrator:
             for call in ordered:
                 result: list[str] = []
                 images: list[str] = []
-                async for v in self._run_call(call, turn.ctx):
+                async for v in self._run_call(call, turn.ctx, tools):
                     if v.variant in (CODE_OUTPUT, TOOL_OUTPUT, CODE_ERROR) and isinstance(v.content, str):
                         result.append(v.content)
                     elif v.variant == IMAGE and isinstance(v.content, str):
@@ -200,7 +202,7 @@ class Orchestrator:
             out.append(Variant(CODE, CODE_SUFFIX, id=call.id))
         return out
 
-    async def _run_call(self, call: _Call, ctx: ToolContext) -> AsyncIterator[Variant]:
+    async def _run_call(self, call: _Call, ctx: ToolContext, tools: Mapping[str, Tool]) -> AsyncIterator[Variant]:
         if call.is_code:
             if not call.live:
                 # Held back until now: the same canonical run, prefix and suffix on lines of their own.
@@ -211,7 +213,7 @@ class Orchestrator:
                 yield Variant(CODE, CODE_SUFFIX, id=call.id)
         else:
             yield Variant(TOOL_CALL, call.arguments, id=call.id, tool_name=call.name)
-        tool = self.tools.get(call.name)
+        tool = tools.get(call.name)
         failure = None
         arguments: dict[str, Any] = {}
         if tool is None:

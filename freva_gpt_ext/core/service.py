@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..storage.base import ThreadStore
 from ..tools.base import Tool, ToolContext
@@ -18,6 +18,9 @@ from .conversations import Conversations, ThreadBusy, Turn
 from .llm import ModelCatalogue, ModelEntry
 from .orchestrator import Orchestrator, TurnInput
 from .turns import thread_for
+
+if TYPE_CHECKING:  # stores.py raises `Refused`, defined here
+    from .stores import ThreadStores
 
 SETTINGS_KEY = "freva_gpt_service"
 MEMORY_SCOPE = "memory"
@@ -51,13 +54,15 @@ class TurnRequest:
     # Request headers for tools, only from a trusted proxy.
     headers: Mapping[str, str] = field(default_factory=dict)
     replay_forked_code: bool = False
+    # The Freva bearer token that authenticated a standalone request (see ToolContext.bearer_token).
+    bearer_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(kw_only=True, slots=True)
 class ChatService:
     catalogue: ModelCatalogue
     catalogue_problem: str | None
-    store: ThreadStore
+    stores: ThreadStores
     memory_store: ThreadStore
     orchestrator: Orchestrator
     conversations: Conversations
@@ -75,9 +80,10 @@ class ChatService:
     trust_proxy_headers: bool
     name_thread: Callable[[str], Awaitable[str]]
 
-    def store_for(self, request: Any) -> ThreadStore:
-        """The thread store serving a request (one store today; per-vault stores come with MongoDB)."""
-        return self.store
+    async def store_for(self, headers: Mapping[str, str]) -> ThreadStore:
+        """The persistent thread store serving a request with these headers (the vault's, when the proxy is
+        trusted and no store is configured). `Refused` (503, 502) when there is none."""
+        return await self.stores.store_for(headers)
 
     # -- kernels ------------------------------------------------------------------------------------------
     async def kernel_choice(self, owner: str, kernel_id: str | None, notebook_path: str | None) -> str | None:
@@ -113,6 +119,8 @@ class ChatService:
         memory = self.memory_store
         target = store if request.store_thread else memory
         owner, model = request.owner, request.model
+        if request.store_thread and request.thread_id is not None:
+            await self._check_size(store, request.thread_id, owner)
         thread_id, fork_from = await thread_for(
             target, request.thread_id, owner, persistent=store, memory=memory, sharing=self.thread_sharing
         )
@@ -127,6 +135,7 @@ class ChatService:
                 kernel_id=request.kernel_id,
                 notebook_path=request.notebook_path,
                 headers=request.headers,
+                bearer_token=request.bearer_token,
                 history=history,
                 replay_from=replay_from,
             )
@@ -154,6 +163,24 @@ class ChatService:
             )
         except ThreadBusy as err:
             raise Refused(409, "This thread is already streaming an answer.", "Thread is busy") from err
+
+    async def _check_size(self, store: ThreadStore, thread_id: str, owner: str) -> None:
+        """Refuse a turn on a thread the store cannot hold more of; a fork from an earlier message goes on.
+        Another user's such thread too: continuing it would fork all of it, just as large (with sharing off it
+        is not there for the caller, and a new thread starts)."""
+        limit = store.max_thread_bytes
+        if limit is None:
+            return
+        info = await store.info(thread_id)
+        if info is None or (info.user_id != owner and not self.thread_sharing):
+            return
+        if info.size is not None and info.size > limit:
+            raise Refused(
+                413,
+                f"Thread too long: fork it. It holds about {info.size / 2**20:.1f} MiB, more than the "
+                f"{limit / 2**20:g} MiB a thread may hold; fork it from an earlier message (editthread) to go on.",
+                "Thread too long: fork it",
+            )
 
     async def stop(self, owner: str, thread_id: str, store: ThreadStore) -> None:
         """Stop the caller's running turn on `thread_id`. A memory-only thread and a stored one may share an id:

@@ -48,6 +48,7 @@ assert {h.route_name for h in HANDLERS} == set(BY_NAME), "every described route 
 
 
 def handlers(prefix: str = "api/chatbot") -> list[tuple[str, type[RequestHandler]]]:
-    """Routes relative to the server's base_url (ExtensionApp prefixes it)."""
-    routes = [(url_path_join("/", prefix, h.route_name.replace(".", r"\.")), h) for h in HANDLERS]
+    """Routes relative to the server's base_url (ExtensionApp prefixes it). A trailing slash is served like
+    none (one version of the web frontend sends it): a redirect would drop a POST body."""
+    routes = [(url_path_join("/", prefix, h.route_name.replace(".", r"\.")) + "/?", h) for h in HANDLERS]
     return [*routes, (url_path_join("/", prefix, ".*"), UnknownRouteHandler)]

@@ -226,8 +226,9 @@ class ChatbotHandler(ExtensionHandlerMixin, APIHandler):
     def owner(self) -> str:
         return owner_for(self, self.service.owner)
 
-    def store_for(self) -> ThreadStore:
-        return self.service.store_for(self.request)
+    async def store_for(self) -> ThreadStore:
+        """The persistent thread store of this request (it may depend on a trusted proxy's vault header)."""
+        return await self.service.store_for(self.request.headers)
 
     async def readable_thread(self, store: ThreadStore, thread_id: str) -> ThreadInfo:
         """A thread the caller may read: theirs, or anyone's while sharing is on."""

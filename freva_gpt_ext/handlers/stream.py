@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tornado.iostream import StreamClosedError
 
+from ..auth import BearerValidator
 from ..core.catalogue import NO_MODEL_HINT
 from ..core.service import TurnRequest
 from .base import ApiError, ChatbotHandler
@@ -46,8 +47,11 @@ class StreamHandler(ChatbotHandler):
             notebook_path=notebook_path,
             headers=dict(self.request.headers) if service.trust_proxy_headers else {},
             replay_forked_code=replay_forked_code,
+            # Only a token freva-rest validated for this request; inside Jupyter, Jupyter's tokens stay here.
+            bearer_token=BearerValidator.token_from(self.request.headers) if service.standalone else None,
         )
-        turn = await service.start_turn(request, self.store_for())
+        store = await self.store_for()
+        turn = await service.start_turn(request, store)
 
         self.set_header("Content-Type", NDJSON)
         self.set_header("Cache-Control", "no-cache, no-transform")
@@ -72,5 +76,6 @@ class StopHandler(ChatbotHandler):
     route_name = "stop"
 
     async def handle(self) -> None:
-        await self.service.stop(self.owner, self.thread_param(), self.store_for())
+        thread_id = self.thread_param()
+        await self.service.stop(self.owner, thread_id, await self.store_for())
         self.reply({"detail": "Conversation stopped."})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core.turns import fork_index, new_thread_id
-from ..variants import TOOL_VARIANTS, USER, history_with_interruptions
+from ..variants import USER, history_with_interruptions
 from .base import ApiError, ChatbotHandler
 
 MAX_PAGE = 100
@@ -23,10 +23,10 @@ class GetThreadHandler(ChatbotHandler):
     async def handle(self) -> None:
         thread_id = self.thread_param()
         show_tools = self.bool_param("show_tools", False)
-        store = self.store_for()
+        store = await self.store_for()
         await self.readable_thread(store, thread_id)
         variants = history_with_interruptions(await store.read(thread_id))
-        self.reply([v.to_dict() for v in variants if show_tools or v.variant not in TOOL_VARIANTS])
+        self.reply([v.to_dict() for v in variants if show_tools or not v.tools_only])
 
 
 class UserThreadsHandler(PagedHandler):
@@ -34,7 +34,8 @@ class UserThreadsHandler(PagedHandler):
 
     async def handle(self) -> None:
         limit, page = self.paging()
-        threads, total = await self.store_for().list_threads(self.owner, limit, page * limit)
+        store = await self.store_for()
+        threads, total = await store.list_threads(self.owner, limit, page * limit)
         self.reply([[t.listing() for t in threads], total])
 
 
@@ -49,7 +50,8 @@ class SearchThreadsHandler(PagedHandler):
             # SQLite refuses long LIKE patterns; no one searches for more than a sentence.
             raise ApiError(413, f"The query is longer than {MAX_QUERY} characters.")
         limit, page = self.paging()
-        threads, total = await self.store_for().search(self.owner, query.strip(), limit, page * limit)
+        store = await self.store_for()
+        threads, total = await store.search(self.owner, query.strip(), limit, page * limit)
         self.reply([[t.listing() for t in threads], total])
 
 
@@ -63,7 +65,7 @@ class SetTopicHandler(ChatbotHandler):
             raise ApiError(422, "The parameter 'topic' must not be empty.")
         if len(topic) > 500:
             raise ApiError(413, "The topic is longer than 500 characters.")
-        store = self.store_for()
+        store = await self.store_for()
         await self.owned_thread(store, thread_id)
         await store.set_topic(thread_id, topic)
         self.reply({"detail": "Topic updated."})
@@ -74,7 +76,7 @@ class DeleteThreadHandler(ChatbotHandler):
 
     async def handle(self) -> None:
         thread_id = self.thread_param()
-        store = self.store_for()
+        store = await self.store_for()
         await self.owned_thread(store, thread_id)
         if await store.lease_holder(thread_id) is not None:
             raise ApiError(409, "The thread is streaming; stop it first.")
@@ -90,7 +92,7 @@ class EditThreadHandler(ChatbotHandler):
         source = self.thread_param("source_thread_id")
         user_index = self.int_param("user_index")
         show_tools = self.bool_param("show_tools", False)
-        store = self.store_for()
+        store = await self.store_for()
         info = await self.readable_thread(store, source)
         variants = history_with_interruptions(await store.read(source))
         user_positions = [i for i, v in enumerate(variants) if v.variant == USER]
@@ -103,7 +105,7 @@ class EditThreadHandler(ChatbotHandler):
         new_id = new_thread_id()
         start = fork_index(info, self.owner, len(history))
         await store.fork(source, new_id, self.owner, history, info.topic, fork_from_index=start)
-        shown = [v.to_dict() for v in history if show_tools or v.variant not in TOOL_VARIANTS]
+        shown = [v.to_dict() for v in history if show_tools or not v.tools_only]
         self.reply({"new_thread_id": new_id, "history": shown})
 
 
@@ -118,7 +120,7 @@ class FeedbackHandler(ChatbotHandler):
             raise ApiError(422, "The parameter 'feedback' must be 'up', 'down', free text or 'remove'.")
         if len(feedback) > 5000:
             raise ApiError(413, "The feedback is longer than 5000 characters.")
-        store = self.store_for()
+        store = await self.store_for()
         await self.owned_thread(store, thread_id)
         if feedback == "remove":
             if not await store.set_feedback(thread_id, index, None):

@@ -32,6 +32,8 @@ class ThreadInfo:
     # For a fork: the index of the first variant the new owner added; those before came from another
     # user's thread. None for a thread that is not a fork.
     fork_from_index: int | None = None
+    # Approximate bytes of the stored content; None where the store does not track it.
+    size: int | None = None
 
     def listing(self) -> dict[str, str]:
         date = datetime.fromtimestamp(self.updated, tz=UTC).isoformat().replace("+00:00", "Z")
@@ -52,6 +54,10 @@ class ThreadStore(Protocol):
     client is shown what was written. Reads always see every earlier write. Text is stored with lone
     surrogates replaced (`clean_text`).
     """
+
+    # The most bytes of content (`ThreadInfo.size`) a thread may hold before new turns on it are refused;
+    # None: no limit.
+    max_thread_bytes: int | None
 
     async def create(self, thread_id: str, user_id: str, topic: str = "") -> None:
         """Create an empty thread; a no-op when it exists."""
@@ -124,3 +130,19 @@ class ThreadStore(Protocol):
     async def stop_requested(self, thread_id: str) -> bool: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class PortableThreadStore(ThreadStore, Protocol):
+    """A store threads can be moved out of and into (`jupyter freva-gpt threads export|import`): the persistent
+    stores (SQLite, MongoDB)."""
+
+    async def owners(self) -> list[str]:
+        """Every user who owns a thread, sorted."""
+
+    async def restore(self, info: ThreadInfo, variants: list[Variant]) -> bool:
+        """Create thread `info.thread_id` as `info` describes it (owner, topic, last activity `updated`,
+        `fork_from_index`) holding `variants` with their feedback; the thread appears whole or not at all.
+
+        False, and nothing written, when the store holds that id already (whoever owns it).
+        """

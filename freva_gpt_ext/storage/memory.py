@@ -71,11 +71,14 @@ def _matches(thread: _Thread, needle: str) -> bool:
 
 
 def _info(thread_id: str, thread: _Thread) -> ThreadInfo:
-    return ThreadInfo(thread_id, thread.user_id, thread.topic, thread.updated, thread.fork_from_index)
+    return ThreadInfo(thread_id, thread.user_id, thread.topic, thread.updated, thread.fork_from_index, thread.size)
 
 
 class MemoryThreadStore:
     """`ThreadStore` held in this process only; every write is immediately visible, `sync()` is a no-op."""
+
+    # Its own bound (max_bytes) fails a write instead.
+    max_thread_bytes: int | None = None
 
     def __init__(self, max_threads: int = 1000, max_bytes: int = 256 * 1024 * 1024) -> None:
         if max_threads < 1 or max_bytes < 1:

@@ -92,6 +92,14 @@ UPDATE variants SET content = content || :text
 WHERE thread_id = :tid AND is_json = 0
   AND seq = (SELECT MAX(seq) FROM variants WHERE thread_id = :tid)
 """
+# A thread written in one step (a fork, a restored thread), variants numbered by the caller.
+_INSERT_WHOLE_THREAD = """
+INSERT INTO threads (thread_id, user_id, topic, created, updated, fork_from_index) VALUES (?, ?, ?, ?, ?, ?)
+"""
+_INSERT_NUMBERED_VARIANT = """
+INSERT INTO variants (thread_id, seq, variant, content, is_json, vid, tool_name, model, feedback)
+VALUES (:tid, :seq, :variant, :content, :is_json, :vid, :tool_name, :model, :feedback)
+"""
 _TOUCH = "UPDATE threads SET updated = MAX(updated, ?) WHERE thread_id = ?"
 _SELECT_INFO = "SELECT thread_id, user_id, topic, updated, fork_from_index FROM threads"
 _SEARCH = (
@@ -239,6 +247,8 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 class SQLiteThreadStore:
     """`ThreadStore` over one SQLite file; safe to share between processes on one machine."""
+
+    max_thread_bytes: int | None = None
 
     def __init__(self, path: Path | str, busy_timeout: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         self._path = Path(path)
@@ -649,16 +659,8 @@ class SQLiteThreadStore:
         thread = (new_id, user_id, clean_text(topic), now, now, fork_from_index)
 
         def fork(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO threads (thread_id, user_id, topic, created, updated, fork_from_index) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                thread,
-            )
-            conn.executemany(
-                "INSERT INTO variants (thread_id, seq, variant, content, is_json, vid, tool_name, model, feedback) "
-                "VALUES (:tid, :seq, :variant, :content, :is_json, :vid, :tool_name, :model, :feedback)",
-                rows,
-            )
+            conn.execute(_INSERT_WHOLE_THREAD, thread)
+            conn.executemany(_INSERT_NUMBERED_VARIANT, rows)
 
         try:
             await self._write(fork)
@@ -667,6 +669,28 @@ class SQLiteThreadStore:
                 raise StoreError(f"Cannot fork {source_id!r}: thread {new_id!r} already exists.") from exc
             raise
         self._remember(new_id, user_id)
+
+    async def owners(self) -> list[str]:
+        await self._wait(self._batch if self._ops else self._batch - 1)  # a buffered create may add an owner
+        rows = await self._read(lambda c: c.execute("SELECT DISTINCT user_id FROM threads ORDER BY user_id").fetchall())
+        return [str(r[0]) for r in rows]
+
+    async def restore(self, info: ThreadInfo, variants: list[Variant]) -> bool:
+        user_id = clean_text(info.user_id)
+        rows = [{**_row(info.thread_id, v), "seq": seq} for seq, v in enumerate(variants)]
+        thread = (info.thread_id, user_id, clean_text(info.topic), info.updated, info.updated, info.fork_from_index)
+
+        def restore(conn: sqlite3.Connection) -> bool:
+            if conn.execute("SELECT 1 FROM threads WHERE thread_id = ?", (info.thread_id,)).fetchone():
+                return False
+            conn.execute(_INSERT_WHOLE_THREAD, thread)
+            conn.executemany(_INSERT_NUMBERED_VARIANT, rows)
+            return True
+
+        restored = await self._write(restore)
+        if restored:
+            self._remember(info.thread_id, user_id)
+        return restored
 
     async def set_feedback(self, thread_id: str, index: int, feedback: str | None) -> bool:
         if index < 0:

@@ -28,6 +28,9 @@ class ToolContext:
     notebook_path: str | None = None
     # Request headers set by a trusted proxy (empty unless the server trusts proxy headers).
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The Freva bearer token of a standalone request (never a Jupyter token), for MCP servers marked
+    # `forward_token`; kept out of reprs and logs.
+    bearer_token: str | None = field(default=None, repr=False)
     # The thread before this turn (e.g. to replay its code in a fresh kernel).
     history: list[Variant] = field(default_factory=list)
     # Code before this index of `history` came with a fork of another user's thread: never replayed.

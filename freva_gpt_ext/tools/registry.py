@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator, Mapping
 
 from .base import Tool
 
@@ -29,3 +30,25 @@ def load_tools(specs: list[str]) -> dict[str, Tool]:
             raise ToolConfigError(f"Two tools are named {tool.name!r}.")
         tools[tool.name] = tool
     return tools
+
+
+class ToolRegistry(Mapping[str, Tool]):
+    """The built-in and configured tools, then those that `more` gives now (the MCP servers that answer).
+
+    Read it once per turn (`dict(registry)`): what `more` gives changes while the server runs.
+    """
+
+    def __init__(self, tools: Mapping[str, Tool], more: Callable[[], Mapping[str, Tool]]) -> None:
+        self._tools = dict(tools)
+        self._more = more
+
+    def __getitem__(self, name: str) -> Tool:
+        tool = self._tools.get(name)
+        return tool if tool is not None else self._more()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._tools
+        yield from (name for name in self._more() if name not in self._tools)
+
+    def __len__(self) -> int:
+        return len(self._tools) + sum(name not in self._tools for name in self._more())
