@@ -32,6 +32,7 @@ from .paths import data_folder
 from .storage import MemoryThreadStore, SQLiteThreadStore
 from .tools.base import Tool, ToolContext
 from .tools.kernel import KernelTool
+from .tools.kernel_context import KernelContext
 from .tools.kernel_probe import KernelProbes
 from .tools.mcp import McpTools
 from .tools.mcp_config import McpConfigError, parse_mcp_servers
@@ -61,6 +62,7 @@ _POSITIVE = (
     "stop_poll_interval",
     "store_busy_timeout",
     "mcp_refresh_interval",
+    "kernel_context_timeout",
 )
 _NON_NEGATIVE = (
     "kernel_idle_timeout",
@@ -178,6 +180,20 @@ class FrevaGPT(ExtensionApp):
         True,
         help="When a thread's per-thread kernel is gone (server restart, idle shutdown, culled, died), run the "
         "thread's earlier successful code in its new kernel before the turn's code (stops at the first failure).",
+    ).tag(config=True)
+    kernel_context = Bool(
+        True,
+        help="When a turn runs in the user's notebook kernel (a Python one), tell the LLM what that kernel holds: "
+        "a summary of its variables (names, types, shapes, dims, coordinate ranges; no values but numbers), "
+        "taken silently right before the turn; never stored. A request's `kernel_context=false` skips it too.",
+    ).tag(config=True)
+    kernel_context_timeout = Float(
+        0.3,
+        help="Seconds the summary of a notebook kernel's variables may take; a busy kernel, or one slower than "
+        "this, gives none (the turn goes on without it).",
+    ).tag(config=True)
+    kernel_context_chars = Int(
+        4000, min=100, help="Longest summary of a notebook kernel's variables, in characters (biggest first)."
     ).tag(config=True)
     evaluation_system_config_file = Unicode(
         "",
@@ -573,6 +589,15 @@ class FrevaGPT(ExtensionApp):
             kernel_manager=self.serverapp.kernel_manager,
             session_manager=self.serverapp.session_manager,
             kernels=kernel_tool if isinstance(kernel_tool, KernelTool) else None,
+            kernel_context=KernelContext(
+                kernel_tool.pool,
+                enabled=self.kernel_context,
+                timeout=self.kernel_context_timeout,
+                limit=self.kernel_context_chars,
+                log=self.log,
+            )
+            if isinstance(kernel_tool, KernelTool)
+            else None,
             owner=self.owner,
             server_owner=server_owner(self.owner),
             standalone=self.standalone,
@@ -580,6 +605,7 @@ class FrevaGPT(ExtensionApp):
             max_input_chars=self.max_input_chars,
             trust_proxy_headers=self.trust_proxy_headers,
             name_thread=self.name_thread,
+            evaluation_system_config_file=self.evaluation_system_config_file,
         )
 
     @property

@@ -26,8 +26,8 @@ from .auth import SYSTEMUSER_PATH, FrevaRestIdentityProvider, server_owner
 from .authorizer import ChatbotOnlyAuthorizer
 from .core.catalogue import NO_MODEL_HINT
 from .core.llm import LLMClient, LLMError, ModelCatalogue, ModelEntry, endpoint_url
-from .core.redact import mask_secrets, safe_url
 from .core.stores import VAULT_HEADER
+from .redact import mask_secrets, safe_url
 from .tools.kernel_env import kernel_environment
 from .tools.kernel_probe import NATURAL_EARTH, probe_kernel_spec
 from .tools.mcp import BUILTIN_NAME, UP, McpTools

@@ -126,6 +126,9 @@ def _check_variant(item: Any, index: int) -> None:
     for key in _OPTIONAL_TEXT:
         if item.get(key) is not None and not isinstance(item[key], str):
             raise BadLine(f"{where}: {key!r} must be a string")
+    for key in ("cell_context", "kernel"):
+        if item.get(key) is not None and not isinstance(item[key], dict):
+            raise BadLine(f"{where}: {key!r} must be an object")
 
 
 def parse_line(line: str) -> Record:

@@ -57,6 +57,11 @@ class Variant:
     tool_name: str | None = None
     model: str | None = None
     feedback: str | None = None
+    # Only on `User` variants, stored but never on the wire: the notebook cell the question was asked about
+    # (`{"source", "outputs", "notebook_path"}`), and the kernel the turn ran in (`{"kind": "notebook" |
+    # "thread", "spec", "variables": [names of the kernel's variables the LLM was told about]}`).
+    cell_context: dict[str, Any] | None = None
+    kernel: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"variant": self.variant, "content": self.content}
@@ -68,10 +73,15 @@ class Variant:
             out["model"] = self.model
         if self.feedback is not None:
             out["feedback"] = self.feedback
+        if self.cell_context is not None:
+            out["cell_context"] = self.cell_context
+        if self.kernel is not None:
+            out["kernel"] = self.kernel
         return out
 
     def wire_dict(self) -> dict[str, Any]:
-        """What goes on a stream line: the store-only `model` and `feedback` stay off the wire."""
+        """What goes on a stream line: the store-only `model`, `feedback`, `cell_context` and `kernel` stay off
+        the wire."""
         out: dict[str, Any] = {"variant": self.variant, "content": self.content}
         if self.id is not None:
             out["id"] = self.id
@@ -148,7 +158,13 @@ def from_stored(doc: dict[str, Any]) -> Variant:
         # The upstream writes "" where a variant has none.
         model=doc.get("model") or None,
         feedback=doc.get("feedback") or None,
+        cell_context=_object(doc.get("cell_context")),
+        kernel=_object(doc.get("kernel")),
     )
+
+
+def _object(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def from_stored_thread(docs: Iterable[Any]) -> list[Variant]:

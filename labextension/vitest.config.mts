@@ -1,6 +1,6 @@
 import { defineConfig } from 'vitest/config';
 
-// Unit tests of the pure modules (no JupyterLab, no DOM): the NDJSON reader and the variant reducer.
+// Unit tests without a DOM: the pure modules, and the API client through JupyterLab's ServerConnection.
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],

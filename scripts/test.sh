@@ -77,7 +77,7 @@ stage "panel lint+vitest" panel
 
 # The browser test needs Chromium (`apt-get install chromium`; .ci/run installs it). On CI, none is a failure.
 chromium="${CHROMIUM:-/usr/bin/chromium}"
-browser_tests=(catalogue.test.mjs panel.test.mjs)
+browser_tests=(catalogue.test.mjs panel.test.mjs notebook.test.mjs)
 if [ ! -x "$chromium" ]; then
   if [ -n "${CI:-}" ]; then
     fail browser "no Chromium at $chromium"

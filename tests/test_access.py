@@ -43,6 +43,7 @@ def changing_routes(thread_id: str) -> dict[str, dict[str, Any]]:
         "deletethread": {"thread_id": thread_id},
         "editthread": {"source_thread_id": thread_id, "user_index": 0},
         "userfeedback": {"thread_id": thread_id, "feedback_index": 0, "feedback": "down"},
+        "kernelcontext": {"kernel_id": "nosuchkernel"},
     }
     assert set(routes) == {r.name for r in ROUTES if r.action != "read"}
     return routes

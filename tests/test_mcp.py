@@ -142,6 +142,8 @@ async def cancelled_calls(url: str) -> int:
         ([{"name": "a"}], "either 'url'"),
         ([{"name": "a", "url": "http://x/mcp", "command": "x"}], "either 'url'"),
         ([{"name": "a", "url": "ftp://x"}], "http:// or https://"),
+        ([{"name": "a", "url": "http://x:port/mcp"}], "http:// or https://"),
+        ([{"name": "a", "url": "http:///mcp"}], "http:// or https://"),
         ([{"name": "a", "url": "http://x/mcp", "secret": 1}], "unknown keys secret"),
         ([{"name": "a", "command": "x", "forward_token": True}], "HTTP servers ('url') only"),
         ([{"name": "a", "url": "http://x/mcp", "per_user": True}], "stdio servers ('command') only"),
@@ -169,7 +171,7 @@ def test_names_are_made_safe_for_function_calling() -> None:
 
 def test_a_server_is_shown_without_its_credentials() -> None:
     (entry,) = parse_mcp_servers([{"name": "a", "url": "https://user:pw@host:8443/mcp?key=k", "headers": {"X": "y"}}])
-    assert entry.where == "https://host:8443/mcp"
+    assert entry.where == "https://host:8443/mcp?key=***"
     assert "pw" not in repr(entry) and "'y'" not in repr(entry)
 
 

@@ -162,6 +162,46 @@ async def test_stored_state_cannot_be_mutated_by_callers(store: ThreadStore) -> 
     assert await store.read("t1") == [Variant("ToolOutput", {"model": "a"})]
 
 
+CELL = {"source": "ds.tas.plot()", "outputs": "KeyError: 'tas' \u00e9", "notebook_path": "work/ä.ipynb"}
+KERNEL = {"kind": "notebook", "spec": "python3", "variables": ["ds", "arr"]}
+
+
+async def test_user_variants_keep_their_cell_and_kernel(store: ThreadStore) -> None:
+    await store.create("t1", ALICE)
+    question = Variant("User", "why?", cell_context=dict(CELL), kernel={**KERNEL, "variables": ["ds", "arr"]})
+    await store.append("t1", question)
+    await store.append("t1", Variant("User", "plain"))
+    await store.append("t1", Variant("User", "in a thread kernel", kernel={"kind": "thread", "spec": None}))
+    # What the caller does to its objects afterwards, or to what it read, is not the stored state.
+    question.cell_context["source"] = "changed by caller"
+    question.kernel["variables"].append("changed")
+    expected = [
+        Variant("User", "why?", cell_context=CELL, kernel=KERNEL),
+        Variant("User", "plain"),
+        Variant("User", "in a thread kernel", kernel={"kind": "thread", "spec": None}),
+    ]
+    first = await store.read("t1")
+    assert first == expected
+    first[0].cell_context["outputs"] = "changed by reader"
+    first[0].kernel["variables"].clear()
+    await store.sync()
+    assert await store.read("t1") == expected
+    # getthread's shape: the keys are there when set; never on the wire.
+    assert first[1].to_dict() == {"variant": "User", "content": "plain"}
+    assert expected[0].to_dict() == {"variant": "User", "content": "why?", "cell_context": CELL, "kernel": KERNEL}
+    assert expected[0].wire_dict() == {"variant": "User", "content": "why?"}
+    # A fork (editthread, another user's thread continued) copies them.
+    await store.fork("t1", "t2", BOB, (await store.read("t1"))[:2], "forked")
+    assert await store.read("t2") == expected[:2]
+    # Their text is cleaned as all text is.
+    await store.append("t1", Variant("User", "q", cell_context={**CELL, "source": "a\ud800"}))
+    assert (await store.read("t1"))[-1].cell_context == {**CELL, "source": "a\ufffd"}
+    # What JSON cannot hold is refused, as for content.
+    with pytest.raises(StoreError, match="cannot be stored"):
+        await store.append("t1", Variant("User", "q", kernel={"kind": "notebook", "spec": float("nan")}))
+        await store.sync("t1")
+
+
 async def test_create_is_a_noop_when_the_thread_exists(store: ThreadStore) -> None:
     await _thread(store, "t1", ALICE, "first", "hello")
     await store.create("t1", BOB, "second")
@@ -673,12 +713,47 @@ async def test_sqlite_migrates_a_version_1_database(db_path: Path) -> None:
     finally:
         await store.aclose()
     with contextlib.closing(sqlite3.connect(db_path)) as probe:
-        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     # A database written by a newer server is refused, not damaged.
     with contextlib.closing(sqlite3.connect(db_path)) as newer:
         newer.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreError, match="newer"):
         SQLiteThreadStore(db_path)
+
+
+async def test_sqlite_migrates_a_version_2_database(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(db_path)) as old:
+        old.executescript(
+            """
+            CREATE TABLE threads (thread_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, topic TEXT NOT NULL DEFAULT '',
+                created REAL NOT NULL, updated REAL NOT NULL, fork_from_index INTEGER);
+            CREATE INDEX threads_by_user ON threads (user_id, updated DESC);
+            CREATE TABLE variants (thread_id TEXT NOT NULL, seq INTEGER NOT NULL, variant TEXT NOT NULL,
+                content TEXT, is_json INTEGER NOT NULL DEFAULT 0, vid TEXT, tool_name TEXT, model TEXT,
+                feedback TEXT, PRIMARY KEY (thread_id, seq));
+            CREATE TABLE leases (thread_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL,
+                stop INTEGER NOT NULL DEFAULT 0);
+            INSERT INTO threads VALUES ('old', 'alice', 'kept', 1.0, 2.0, NULL);
+            INSERT INTO variants (thread_id, seq, variant, content) VALUES ('old', 0, 'User', 'hi');
+            PRAGMA user_version = 2;
+            """
+        )
+    store = SQLiteThreadStore(db_path)
+    try:
+        await store.append("old", Variant("User", "and this cell?", cell_context=CELL, kernel=KERNEL))
+        await store.sync()
+        assert await store.read("old") == [
+            Variant("User", "hi"),
+            Variant("User", "and this cell?", cell_context=CELL, kernel=KERNEL),
+        ]
+    finally:
+        await store.aclose()
+    with contextlib.closing(sqlite3.connect(db_path)) as probe:
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        # In a column of its own, as one JSON object: the variant's content stays its text.
+        row = probe.execute("SELECT content, meta FROM variants WHERE thread_id = 'old' AND seq = 1").fetchone()
+        assert row[0] == "and this cell?" and json.loads(row[1]) == {"cell_context": CELL, "kernel": KERNEL}
 
 
 async def test_sqlite_reopen_keeps_everything(db_path: Path) -> None:
@@ -1197,7 +1272,7 @@ async def test_mongo_errors_and_reports_never_show_the_password(caplog: pytest.L
         report = await store.check()
         assert (report["backend"], report["reachable"], report["write_test"]) == ("mongodb", False, False)
         assert report["detail"]
-        assert store.shown_uri.startswith("mongodb://freva:***@127.0.0.1:")
+        assert store.shown_uri.startswith("mongodb://127.0.0.1:")
         for text in (str(failed.value), json.dumps(report), caplog.text, store.shown_uri):
             assert PASSWORD not in text and urllib.parse.unquote(PASSWORD) not in text
     finally:

@@ -25,9 +25,14 @@ from tests.server_process import clean_env, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
-# alice's first thread, with the store-only fields (model, feedback) and a code run.
+# alice's first thread, with the store-only fields (model, feedback, cell_context, kernel) and a code run.
 FIRST = [
-    Variant("User", "plot the ERA5 mean"),
+    Variant(
+        "User",
+        "plot the ERA5 mean",
+        cell_context={"source": "ds = xr.open_dataset(p)", "outputs": "", "notebook_path": "era5.ipynb"},
+        kernel={"kind": "notebook", "spec": "python3", "variables": ["ds"]},
+    ),
     Variant("Assistant", "Here is the code.", model="fake-text", feedback="good"),
     Variant("Code", '{"code":"print(6*7)"}', id="call_1"),
     Variant("CodeOutput", "42", id="call_1"),
@@ -244,6 +249,11 @@ async def test_import_is_idempotent_and_never_takes_another_users_thread(
         (
             '{"thread_id": "t", "user_id": "a", "date": "2024-01-01", "fork_from_index": -1, "content": []}',
             "'fork_from_index' must be a whole number, 0 or more",
+        ),
+        (
+            '{"thread_id": "t", "user_id": "a", "date": "2024-01-01", '
+            '"content": [{"variant": "User", "content": "q", "cell_context": "print(1)"}]}',
+            "content[0]: 'cell_context' must be an object",
         ),
     ],
 )

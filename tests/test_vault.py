@@ -102,8 +102,10 @@ def thread_routes(thread_id: str) -> dict[str, dict[str, Any]]:
         "deletethread": {"thread_id": thread_id},
         "editthread": {"source_thread_id": thread_id, "user_index": 0},
         "userfeedback": {"thread_id": thread_id, "feedback_index": 0, "feedback": "up"},
+        "exportthread": {"thread_id": thread_id},
     }
-    assert set(routes) | SERVICE_ROUTES == {r.name for r in ROUTES}
+    # `kernelcontext` asks a kernel, never a store.
+    assert set(routes) | SERVICE_ROUTES | {"kernelcontext"} == {r.name for r in ROUTES}
     return routes
 
 
@@ -127,6 +129,7 @@ async def test_without_the_vault_header_thread_routes_find_no_store(chat, tmp_pa
     for route in SERVICE_ROUTES:
         response = await chat(route)
         assert response.code == 200, (route, response.body)
+    assert_detail(await chat("kernelcontext", kernel_id="nope"), 404, "no running kernel")
     # Never the embedded store: nothing was written under the data folder.
     assert not list((tmp_path / "data").rglob("*.sqlite3"))
 
@@ -221,12 +224,14 @@ async def test_with_a_ttl_of_zero_the_vault_is_asked_every_time(chat, vault: Fak
         ("notjson", 502, "gave no MongoDB URL"),
         ("list", 502, "gave no MongoDB URL"),
         ("ftp", 502, "is not an http(s) URL"),
+        ("badport", 502, "is malformed"),
     ],
 )
 async def test_a_failing_vault_answers_502_or_503_and_is_asked_again(
     chat, vault: FakeVault, name: str, status: int, part: str
 ) -> None:
-    url = {"closed": CLOSED, "ftp": "ftp://127.0.0.1/vault"}.get(name) or vault.url(name)
+    malformed = {"closed": CLOSED, "ftp": "ftp://127.0.0.1/vault", "badport": "http://127.0.0.1:vault/"}
+    url = malformed.get(name) or vault.url(name)
     for route, params in thread_routes("abc123").items():
         assert_detail(await chat(route, vault=url, **params), status, part)
     if name in vault.answers:
@@ -311,3 +316,27 @@ async def test_concurrent_requests_ask_the_vault_once() -> None:
             assert await second == "mongodb://db2/"
         finally:
             await resolver.aclose()
+
+
+async def test_one_thread_id_in_two_vaults_is_two_threads_with_two_kernels(chat, mongo_server: MongoServer):
+    """Two Freva instances behind one server: the same thread id in each vault's MongoDB never shares a kernel,
+    and deleting it in one leaves the other's kernel alone (a replayed kernel would show a new process id)."""
+    pid = "[[fake:code code='import os; print(os.getpid())']]"
+    with MongoServer() as other:
+        vault = await FakeVault(
+            {"a": (200, {"mongodb.url": mongo_server.uri}), "b": (200, {"mongodb.url": other.uri})}
+        ).start()
+        try:
+            a, b = vault.url("a"), vault.url("b")
+
+            def output(lines: list[dict[str, Any]]) -> str:
+                return "".join(x["content"] for x in lines if x["variant"] == "CodeOutput")
+
+            first = output(await turn(chat, a, input=pid, thread_id="sharedid"))
+            assert first.strip().isdigit()
+            await turn(chat, b, user="bob", input="[[fake:code code='x = 1']]", thread_id="sharedid")
+            assert output(await turn(chat, b, user="bob", input=pid, thread_id="sharedid")) != first
+            assert (await chat("deletethread", user="bob", vault=b, thread_id="sharedid")).code == 200
+            assert output(await turn(chat, a, input=pid, thread_id="sharedid")) == first
+        finally:
+            await vault.stop()

@@ -20,7 +20,7 @@ class _TestTool:
     closed_threads: list[str] = []
     cancelled: list[str] = []
 
-    async def close_thread(self, thread_id: str) -> None:
+    async def close_thread(self, thread_id: str, scope: str = "") -> None:
         self.closed_threads.append(thread_id)
 
     async def aclose(self) -> None:

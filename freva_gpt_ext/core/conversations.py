@@ -321,9 +321,12 @@ class Conversations:
         show_tools: bool,
         produce: Callable[[list[Variant]], AsyncIterator[Variant]],
         name_thread: Callable[[str], Awaitable[str]] | None = None,
+        cell_context: dict[str, Any] | None = None,
+        kernel: dict[str, Any] | None = None,
     ) -> Turn:
-        """Take the lease, store the user's message and start the turn; `ThreadBusy` when it streams, or when
-        another user's turn has taken the id since the thread was chosen."""
+        """Take the lease, store the user's message (with the cell it is about and the kernel the turn runs in:
+        see `Variant`) and start the turn; `ThreadBusy` when it streams, or when another user's turn has taken the
+        id since the thread was chosen."""
         holder = uuid.uuid4().hex
         if not await store.acquire_lease(thread_id, holder, self.settings.lease_ttl):
             raise ThreadBusy(thread_id)
@@ -344,7 +347,7 @@ class Conversations:
                 log=self.log,
             )
             await turn.emit(hint(thread_id=thread_id, model=model_name))
-            await turn.emit(Variant(USER, user_input))
+            await turn.emit(Variant(USER, user_input, cell_context=cell_context, kernel=kernel))
             producer = produce(history)
         except BaseException:
             await store.release_lease(thread_id, holder)

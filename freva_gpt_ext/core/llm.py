@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from ..redact import host_of, mask_secrets, safe_url
 from .catalogue import CatalogueError, read_model_list
-from .redact import host_of, mask_secrets, safe_url
 
 LEAN_PREFIXES = ("openai/", "hosted_vllm/")
 _ENV_REF = re.compile(r"^os\.environ/(\w+)$")

@@ -42,6 +42,10 @@ class TurnInput:
     ctx: ToolContext
     # Tool-call ids already used in the thread: providers reuse ids like `call_1` across turns.
     used_ids: set[str] = field(default_factory=set)
+    # The summary of the user's notebook kernel's variables (told to the LLM, never stored), and the notebook
+    # cell the question is about.
+    kernel_variables: str | None = None
+    cell_context: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -109,7 +113,13 @@ class Orchestrator:
         packages = await self.packages(turn.ctx) if self.packages is not None else None
         # The history is converted once per turn; tool rounds only append to it.
         messages = build_messages(
-            prompt_set, turn.history, turn.user_input, vision=model.supports_vision, packages=packages
+            prompt_set,
+            turn.history,
+            turn.user_input,
+            vision=model.supports_vision,
+            packages=packages,
+            kernel_variables=turn.kernel_variables,
+            cell_context=turn.cell_context,
         )
         # The tools known now serve the whole turn: MCP servers may come and go meanwhile.
         tools = dict(self.tools)

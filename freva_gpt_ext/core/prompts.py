@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -107,6 +108,32 @@ def kernel_section(prompt_set: PromptSet, packages: Mapping[str, str] | None) ->
     return "\n\n".join(parts)
 
 
+KERNEL_VARIABLES = (
+    "THE NOTEBOOK'S VARIABLES\nThe user's notebook kernel, where your code runs, holds these variables right now "
+    "(names, types, shapes, dimensions, coordinate ranges and a few attributes; no values but numbers). When the "
+    "question is about them, use them by name in your code, without loading the data again:\n"
+)
+
+
+def fenced(text: str) -> str:
+    """`text` as a Markdown code block whose fence no run of backticks inside it can close."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def user_text(text: str, cell_context: Mapping[str, Any] | None) -> str:
+    """A user message as the LLM reads it: the question, then the notebook cell it was asked about, if any."""
+    if not cell_context:
+        return text
+    where = cell_context.get("notebook_path") or "the notebook"
+    parts = [text] if text else []
+    parts.append(f"The question is about this cell of {where}:\n{fenced(str(cell_context.get('source') or ''))}")
+    if cell_context.get("outputs"):
+        parts.append(f"Its output:\n{fenced(str(cell_context['outputs']))}")
+    return "\n\n".join(parts)
+
+
 def build_messages(
     prompt_set: PromptSet,
     history: list[Variant],
@@ -114,10 +141,14 @@ def build_messages(
     *,
     vision: bool,
     packages: Mapping[str, str] | None = None,
+    kernel_variables: str | None = None,
+    cell_context: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """System prompts, few-shot examples, the thread so far and the new user message, in that order.
 
     `packages`: what the kernel has ({import name: version}, see tools.kernel_probe); None while unknown.
+    `kernel_variables`: the summary of the user's kernel's namespace (tools.kernel_context), told to the LLM
+    right before the message; `cell_context`: the notebook cell the message is about.
     """
     starting = f"{prompt_set.starting}\n\n{kernel_section(prompt_set, packages)}"
     messages: list[dict[str, Any]] = [{"role": "system", "content": starting}]
@@ -125,7 +156,9 @@ def build_messages(
     if prompt_set.summary:
         messages.append({"role": "system", "content": prompt_set.summary})
     messages.extend(to_messages(history, vision=vision))
-    messages.append({"role": "user", "content": user_input})
+    if kernel_variables:
+        messages.append({"role": "system", "content": KERNEL_VARIABLES + kernel_variables})
+    messages.append({"role": "user", "content": user_text(user_input, cell_context)})
     return messages
 
 
@@ -135,7 +168,7 @@ def to_messages(variants: list[Variant], *, vision: bool) -> list[dict[str, Any]
     results: dict[str, dict[str, Any]] = {}
     for v in history_with_interruptions(variants):
         if v.variant == USER:
-            messages.append({"role": "user", "content": str(v.content)})
+            messages.append({"role": "user", "content": user_text(str(v.content), v.cell_context)})
         elif v.variant == ASSISTANT:
             messages.append({"role": "assistant", "content": str(v.content)})
         elif v.variant in (CODE, TOOL_CALL):

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..storage.base import ThreadStore
 from ..tools.base import Tool, ToolContext
+from ..tools.kernel_context import OFF, UNAVAILABLE, KernelContext, KernelSummary
+from ..tools.kernel_pool import freva_config_file
 from ..variants import Variant
 from .conversations import Conversations, ThreadBusy, Turn
 from .llm import ModelCatalogue, ModelEntry
@@ -56,6 +58,10 @@ class TurnRequest:
     replay_forked_code: bool = False
     # The Freva bearer token that authenticated a standalone request (see ToolContext.bearer_token).
     bearer_token: str | None = field(default=None, repr=False)
+    # Tell the LLM what the notebook kernel holds (see tools.kernel_context).
+    kernel_context: bool = True
+    # The notebook cell the question is about: {"source", "outputs", "notebook_path"}.
+    cell_context: dict[str, str] | None = None
 
 
 @dataclass(kw_only=True, slots=True)
@@ -70,6 +76,8 @@ class ChatService:
     kernel_manager: Any
     session_manager: Any
     kernels: KernelOwners | None
+    # The summaries of notebook kernels; None without the built-in code interpreter (whose connections it uses).
+    kernel_context: KernelContext | None
     # The `owner` setting; and whose server this is (its notebook kernels are theirs).
     owner: str
     server_owner: str
@@ -79,11 +87,18 @@ class ChatService:
     max_input_chars: int
     trust_proxy_headers: bool
     name_thread: Callable[[str], Awaitable[str]]
+    # The `evaluation_system_config_file` setting (per-thread kernels get it, or a trusted proxy's header).
+    evaluation_system_config_file: str = ""
 
     async def store_for(self, headers: Mapping[str, str]) -> ThreadStore:
         """The persistent thread store serving a request with these headers (the vault's, when the proxy is
         trusted and no store is configured). `Refused` (503, 502) when there is none."""
         return await self.stores.store_for(headers)
+
+    def freva_config(self, headers: Mapping[str, str]) -> str:
+        """The Freva configuration file of a request with these headers: a trusted proxy's, else the configured
+        one ("" when none is set)."""
+        return freva_config_file(headers if self.trust_proxy_headers else {}, self.evaluation_system_config_file)
 
     # -- kernels ------------------------------------------------------------------------------------------
     async def kernel_choice(self, owner: str, kernel_id: str | None, notebook_path: str | None) -> str | None:
@@ -113,6 +128,30 @@ class ChatService:
         thread_owner = self.kernels.kernel_owner(kernel_id) if self.kernels is not None else None
         return thread_owner or self.server_owner
 
+    async def kernel_summary(self, kernel_id: str) -> KernelSummary:
+        """What a turn in this kernel (one `kernel_choice` allowed) would tell the LLM of its variables."""
+        context = self.kernel_context
+        if context is None:
+            return KernelSummary(OFF, None, None)
+        try:
+            return await context.summary(kernel_id)
+        except Exception:  # the context is a help: a kernel that fails it never fails the turn
+            context.log.exception("The summary of kernel %s failed", kernel_id)
+            return KernelSummary(UNAVAILABLE, context.spec_of(kernel_id), None)
+
+    async def _turn_kernel(self, request: TurnRequest) -> tuple[dict[str, Any] | None, str | None]:
+        """For a turn in a kernel the request names: what its `User` variant records of that kernel
+        (`Variant.kernel`: a per-thread kernel of ours is "thread", any other "notebook"), and the summary of the
+        kernel's variables the LLM is told (unless the request or the server switched it off)."""
+        context, kernel_id = self.kernel_context, request.kernel_id
+        if context is None or kernel_id is None:
+            return None, None
+        kind = "thread" if self.kernels is not None and self.kernels.kernel_owner(kernel_id) else "notebook"
+        if not request.kernel_context:
+            return {"kind": kind, "spec": context.spec_of(kernel_id), "variables": []}, None
+        found = await self.kernel_summary(kernel_id)
+        return {"kind": kind, "spec": found.spec, "variables": list(found.variables)}, found.summary or None
+
     # -- turns --------------------------------------------------------------------------------------------
     async def start_turn(self, request: TurnRequest, store: ThreadStore) -> Turn:
         """Start the turn in its thread of `store` (the request's persistent store) or of the memory store."""
@@ -125,12 +164,13 @@ class ChatService:
             target, request.thread_id, owner, persistent=store, memory=memory, sharing=self.thread_sharing
         )
         replay_from = 0 if request.replay_forked_code or fork_from is None else fork_from
+        kernel, kernel_variables = await self._turn_kernel(request)
 
         def produce(history: list[Variant]) -> AsyncIterator[Variant]:
             ctx = ToolContext(
                 thread_id=thread_id,
                 owner=owner,
-                scope="" if request.store_thread else MEMORY_SCOPE,
+                scope=self.stores.scope_of(store) if request.store_thread else MEMORY_SCOPE,
                 vision=model.supports_vision,
                 kernel_id=request.kernel_id,
                 notebook_path=request.notebook_path,
@@ -147,6 +187,8 @@ class ChatService:
                 history=history,
                 ctx=ctx,
                 used_ids={v.id for v in history if v.id},
+                kernel_variables=kernel_variables,
+                cell_context=request.cell_context,
             )
             return self.orchestrator.run(turn_input)
 
@@ -160,6 +202,8 @@ class ChatService:
                 show_tools=request.show_tools,
                 produce=produce,
                 name_thread=self.name_thread if request.store_thread else None,
+                cell_context=request.cell_context,
+                kernel=kernel,
             )
         except ThreadBusy as err:
             raise Refused(409, "This thread is already streaming an answer.", "Thread is busy") from err
@@ -201,7 +245,8 @@ class ChatService:
                 return
         raise Refused(404, "No answer is being generated on this thread.", "Not streaming")
 
-    async def close_thread(self, thread_id: str) -> None:
-        """Release what tools hold for a deleted thread."""
+    async def close_thread(self, thread_id: str, store: ThreadStore) -> None:
+        """Release what tools hold for a thread deleted from `store`."""
+        scope = self.stores.scope_of(store)
         for tool in self.tools.values():
-            await tool.close_thread(thread_id)
+            await tool.close_thread(thread_id, scope)

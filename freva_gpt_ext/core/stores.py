@@ -12,6 +12,7 @@ Three deployments (DESIGN.md, "Store per request"):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -20,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from ..redact import safe_url
 from ..storage.base import StoreError, ThreadStore
-from .redact import safe_url
 from .service import Refused
 
 if TYPE_CHECKING:  # pymongo is imported only where MongoDB is used (app.mongodb_store)
@@ -74,6 +75,8 @@ class VaultResolver:
             raise Refused(502, f"The vault URL {shown!r} (X-Freva-Vault-URL) is not an http(s) URL.", "Bad vault URL")
         try:
             answer = await self._http.get(vault_url)
+        except httpx.InvalidURL as err:  # not an HTTPError: a port that is no number, a bracket left open
+            raise Refused(502, f"The vault URL {shown!r} (X-Freva-Vault-URL) is malformed.", "Bad vault URL") from err
         except httpx.HTTPError as err:
             raise Refused(
                 503, f"The vault at {shown} is unreachable ({type(err).__name__}).", "Vault unreachable"
@@ -143,6 +146,14 @@ class ThreadStores:
         Those a vault names are prepared when first asked for."""
         if self.mongodb is not None:
             self._prepare(self.mongodb)
+
+    def scope_of(self, store: ThreadStore) -> str:
+        """What tools key their per-thread state (kernels, MCP sessions) by besides the thread id: one id in two
+        vaults' databases is two threads of possibly two users, never one kernel."""
+        for uri, candidate in self._by_uri.items():
+            if candidate is store:
+                return "mongodb:" + hashlib.sha256(uri.encode()).hexdigest()[:16]
+        return ""
 
     async def store_for(self, headers: Mapping[str, str]) -> ThreadStore:
         """The store of a request with these (trusted) headers; `Refused` when there is none or the vault fails."""

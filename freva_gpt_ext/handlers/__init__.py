@@ -6,6 +6,8 @@ from jupyter_server.utils import url_path_join
 from tornado.web import RequestHandler
 
 from .base import ChatbotHandler
+from .export import ExportThreadHandler
+from .kernels import KernelContextHandler
 from .meta import (
     AvailableChatbotsHandler,
     DocsHandler,
@@ -36,7 +38,9 @@ HANDLERS: tuple[type[ChatbotHandler], ...] = (
     NewThreadHandler,
     StreamHandler,
     StopHandler,
+    KernelContextHandler,
     GetThreadHandler,
+    ExportThreadHandler,
     UserThreadsHandler,
     SearchThreadsHandler,
     SetTopicHandler,

@@ -29,7 +29,7 @@ MAX_INT = 10**9
 MAX_JSON_DEPTH = 64
 
 
-def _check_value(name: str, value: Any) -> None:
+def check_value(name: str, value: Any) -> None:
     """Refuse JSON nested deeper than MAX_JSON_DEPTH and text with lone surrogates (they cannot be stored or
     sent as UTF-8), naming the parameter. Iterative: the depth is what is being checked."""
     stack: list[tuple[Any, int]] = [(name, 1), (value, 2)]  # the body object is level 1
@@ -165,7 +165,7 @@ class ChatbotHandler(ExtensionHandlerMixin, APIHandler):
                 raise ApiError(400, "The request body must be a JSON object.")
             merged.update(body)
         for key, value in merged.items():
-            _check_value(key, value)
+            check_value(key, value)
         self._params = merged
         return merged
 

@@ -11,7 +11,7 @@ PREFIX = "/api/chatbot/"
 @dataclass(frozen=True, slots=True)
 class Param:
     name: str
-    type: str  # "string" | "integer" | "boolean"
+    type: str  # "string" | "integer" | "boolean" | "object" (JSON-encoded in a query)
     description: str
     required: bool = False
 
@@ -73,6 +73,18 @@ ROUTES: tuple[Route, ...] = (
             Param("kernel_id", "string", "Run code in this Jupyter kernel (Jupyter only)."),
             Param("notebook_path", "string", "Run code in the kernel of this notebook (Jupyter only)."),
             Param(
+                "kernel_context",
+                "boolean",
+                "With `kernel_id` / `notebook_path` of a Python kernel: tell the assistant what the kernel holds, "
+                "a summary of its variables as `kernelcontext` shows it (default true).",
+            ),
+            Param(
+                "cell_context",
+                "object",
+                "The notebook cell the question is about: `{source, outputs, notebook_path}` (strings; `source` "
+                "required), JSON-encoded in a query. Counts towards the input's length limit.",
+            ),
+            Param(
                 "replay_forked_code",
                 "boolean",
                 "When a fresh kernel replays the thread's earlier code, include code that came with a fork of "
@@ -83,7 +95,33 @@ ROUTES: tuple[Route, ...] = (
         action="execute",
     ),
     Route("stop", "Stop the thread's running answer.", (THREAD,)),
+    Route(
+        "kernelcontext",
+        "What a turn in your notebook kernel would tell the assistant of its variables (names, types, shapes, "
+        "dims, coordinate ranges; no values but numbers; of attributes only units, long_name, standard_name): "
+        "`{kernel_id, spec, language, summary, variables, state}`, `state` saying why the summary is empty "
+        "(`off`, `busy`, `timeout`, `not_python`, `unavailable`). Another user's or an unknown kernel: 404.",
+        (Param("kernel_id", "string", "The kernel (Jupyter only).", required=True),),
+        # It runs code (silently) in the kernel.
+        action="execute",
+    ),
     Route("getthread", "The stored variants of a thread.", (THREAD, SHOW_TOOLS), action="read"),
+    Route(
+        "exportthread",
+        "A thread as a runnable Jupyter notebook (nbformat 4): questions and answers as Markdown, the code with "
+        "its outputs, other tool calls as collapsed Markdown. Downloaded (`Content-Disposition: attachment`), or "
+        "with `path` (POST only) written into the server's files: `{path}`; 409 when the file exists, 404 when "
+        "its folder does not, 422 on a server without files (standalone). Readable as `getthread`.",
+        (
+            THREAD,
+            Param("show_tools", "boolean", "Include the calls of tools other than code (default true)."),
+            Param("path", "string", "POST only: where to write the notebook (`.ipynb`), relative to the root."),
+            Param("overwrite", "boolean", "POST only: replace an existing file at `path` (default false)."),
+        ),
+        answer="application/x-ipynb+json",
+        # A download reads; the handler asks for `write` when a POST names a `path`.
+        action="read",
+    ),
     Route(
         "getuserthreads", "The caller's threads, newest activity first: `[[threads], total]`.", PAGING, action="read"
     ),
@@ -159,7 +197,12 @@ def openapi(version: str) -> dict[str, Any]:
                 "in": "query",
                 "required": p.required,
                 "description": p.description,
-                "schema": {"type": p.type},
+                # An object travels in a query as JSON text.
+                **(
+                    {"content": {"application/json": {"schema": {"type": "object"}}}}
+                    if p.type == "object"
+                    else {"schema": {"type": p.type}}
+                ),
             }
             for p in route.params
         ]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 from tornado.iostream import StreamClosedError
 
 from ..auth import BearerValidator
 from ..core.catalogue import NO_MODEL_HINT
 from ..core.service import TurnRequest
-from .base import ApiError, ChatbotHandler
+from .base import ApiError, ChatbotHandler, check_value
 
 NDJSON = "application/x-ndjson"
+CELL_FIELDS = ("source", "outputs", "notebook_path")
+CELL_KEYS = ", ".join(f"'{k}'" for k in CELL_FIELDS)
 
 
 class StreamHandler(ChatbotHandler):
@@ -22,8 +26,11 @@ class StreamHandler(ChatbotHandler):
             raise ApiError(503, service.catalogue_problem or NO_MODEL_HINT)
         # Validate everything before the first line: afterwards only in-stream errors are possible.
         user_input = self.str_param("input", required=True) or ""
-        if len(user_input) > service.max_input_chars:
-            raise ApiError(413, f"The input is longer than {service.max_input_chars} characters.", "Input too large")
+        cell_context = self.cell_context_param()
+        cell_chars = sum(map(len, cell_context.values())) if cell_context else 0
+        if len(user_input) + cell_chars > service.max_input_chars:
+            what = "The input and its cell context are" if cell_context else "The input is"
+            raise ApiError(413, f"{what} longer than {service.max_input_chars} characters.", "Input too large")
         thread_id = self.thread_param(required=False)
         chatbot = (self.str_param("chatbot") or "").strip()
         model = catalogue.get(chatbot or None)
@@ -49,6 +56,8 @@ class StreamHandler(ChatbotHandler):
             replay_forked_code=replay_forked_code,
             # Only a token freva-rest validated for this request; inside Jupyter, Jupyter's tokens stay here.
             bearer_token=BearerValidator.token_from(self.request.headers) if service.standalone else None,
+            kernel_context=self.bool_param("kernel_context", True),
+            cell_context=cell_context,
         )
         store = await self.store_for()
         turn = await service.start_turn(request, store)
@@ -70,6 +79,29 @@ class StreamHandler(ChatbotHandler):
             self.log.info("Client left the stream of thread %s; the turn continues.", turn.thread_id)
             return
         self.finish(set_content_type=NDJSON)
+
+    def cell_context_param(self) -> dict[str, str] | None:
+        """`cell_context`: an object (a JSON-encoded one in a query) of strings, `source` required."""
+        value = self.params().get("cell_context")
+        if value is None or value == "":
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except (ValueError, RecursionError):
+                raise ApiError(422, "The parameter 'cell_context' is not valid JSON.") from None
+            check_value("cell_context", value)
+        if not isinstance(value, dict):
+            raise ApiError(422, f"The parameter 'cell_context' must be an object with the keys {CELL_KEYS}.")
+        unknown = sorted(set(value) - set(CELL_FIELDS))
+        if unknown:
+            raise ApiError(422, f"The parameter 'cell_context' has unknown keys {unknown}; it takes {CELL_KEYS}.")
+        if not isinstance(value.get("source"), str):
+            raise ApiError(422, "The parameter 'cell_context' needs 'source', a string.")
+        for key in CELL_FIELDS:
+            if not isinstance(value.get(key, ""), str):
+                raise ApiError(422, f"The parameter 'cell_context': '{key}' must be a string.")
+        return {key: value.get(key, "") for key in CELL_FIELDS}
 
 
 class StopHandler(ChatbotHandler):

@@ -81,7 +81,7 @@ class DeleteThreadHandler(ChatbotHandler):
         if await store.lease_holder(thread_id) is not None:
             raise ApiError(409, "The thread is streaming; stop it first.")
         await store.delete(thread_id)
-        await self.service.close_thread(thread_id)
+        await self.service.close_thread(thread_id, store)
         self.reply({"detail": "Thread deleted."})
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..variants import Variant
 
@@ -19,6 +20,15 @@ def clean_text(text: str) -> str:
     UTF-8 form: a database cannot store it and a client cannot decode it. Stores apply this to all text.
     """
     return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+def stored_json(value: Any) -> str:
+    """`value` as the JSON text a store keeps, its text cleaned (`clean_text`); `StoreError` when JSON cannot
+    hold it (NaN, objects of other types)."""
+    try:
+        return clean_text(json.dumps(value, ensure_ascii=False, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"Variant content cannot be stored: {exc}") from exc
 
 
 @dataclass(slots=True)

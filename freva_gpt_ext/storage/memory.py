@@ -13,9 +13,10 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..variants import ASSISTANT, FEEDBACK_VARIANTS, USER, Variant
-from .base import StoreError, ThreadInfo, clean_text
+from .base import StoreError, ThreadInfo, clean_text, stored_json
 
 # Bytes counted per variant besides its content: the object and its short fields.
 _VARIANT_OVERHEAD = 200
@@ -39,10 +40,13 @@ class _Lease:
 
 
 def _copy(variant: Variant) -> Variant:
-    # Strings are immutable; only dict/list content (hints, legacy shapes) needs a deep copy.
-    if isinstance(variant.content, str):
-        return replace(variant)
-    return replace(variant, content=copy.deepcopy(variant.content))
+    # Strings are immutable; only dict/list content (hints, legacy shapes) and the object fields need a deep copy.
+    return replace(
+        variant,
+        content=variant.content if isinstance(variant.content, str) else copy.deepcopy(variant.content),
+        cell_context=copy.deepcopy(variant.cell_context),
+        kernel=copy.deepcopy(variant.kernel),
+    )
 
 
 def _stored(variant: Variant) -> tuple[Variant, int]:
@@ -52,13 +56,16 @@ def _stored(variant: Variant) -> tuple[Variant, int]:
         content = clean_text(content)
         size = len(content)
     else:
-        try:
-            dumped = clean_text(json.dumps(content, ensure_ascii=False, allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"Variant content cannot be stored: {exc}") from exc
+        dumped = stored_json(content)
         content, size = json.loads(dumped), len(dumped)
     feedback = None if variant.feedback is None else clean_text(variant.feedback)
-    return replace(variant, content=content, feedback=feedback), size + _VARIANT_OVERHEAD
+    objects: dict[str, Any] = {}
+    for name, value in (("cell_context", variant.cell_context), ("kernel", variant.kernel)):
+        if value is not None:
+            dumped = stored_json(value)
+            objects[name] = json.loads(dumped)
+            size += len(dumped)
+    return replace(variant, content=content, feedback=feedback, **objects), size + _VARIANT_OVERHEAD
 
 
 def _matches(thread: _Thread, needle: str) -> bool:

@@ -37,7 +37,6 @@ import logging
 import re
 import secrets
 import time
-import urllib.parse
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -53,8 +52,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
+from ..redact import safe_url, url_secrets
 from ..variants import ASSISTANT, FEEDBACK_VARIANTS, IMAGE, USER, Variant, from_stored_thread, stored_time
-from .base import StoreError, ThreadInfo, clean_text
+from .base import StoreError, ThreadInfo, clean_text, stored_json
 
 _module_log = logging.getLogger(__name__)
 
@@ -135,17 +135,19 @@ def _document(variant: Variant) -> dict[str, Any]:
     """`variant` as a stored dict of the upstream's shape, its text cleaned, independent of the caller's objects."""
     doc = variant.to_dict()
     content = doc["content"]
-    if isinstance(content, str):
-        doc["content"] = clean_text(content)
-    else:
-        try:
-            doc["content"] = json.loads(clean_text(json.dumps(content, ensure_ascii=False, allow_nan=False)))
-            bson.encode({"content": doc["content"]})
-        except (TypeError, ValueError, OverflowError, BSONError) as exc:
-            raise StoreError(f"Variant content cannot be stored: {exc}") from exc
+    doc["content"] = clean_text(content) if isinstance(content, str) else json.loads(stored_json(content))
     for key in ("id", "tool_name", "model", "feedback"):
         if key in doc:
             doc[key] = clean_text(str(doc[key]))
+    for key in ("cell_context", "kernel"):
+        if key in doc:
+            doc[key] = json.loads(stored_json(doc[key]))
+    # JSON holds integers that BSON's 64 bits cannot.
+    structured = {k: doc[k] for k in ("content", "cell_context", "kernel") if k in doc and not isinstance(doc[k], str)}
+    try:
+        bson.encode(structured)
+    except (OverflowError, BSONError) as exc:
+        raise StoreError(f"Variant content cannot be stored: {exc}") from exc
     return doc
 
 
@@ -225,7 +227,7 @@ class MongoThreadStore:
             "socketTimeoutMS": 60_000,
             **(client_options or {}),
         }
-        self._secrets = _uri_secrets(self._uri)
+        self._secrets = url_secrets(self._uri)
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._db: AsyncDatabase[dict[str, Any]] | None = None
         self._bucket: AsyncGridFSBucket | None = None
@@ -236,8 +238,8 @@ class MongoThreadStore:
 
     @property
     def shown_uri(self) -> str:
-        """The URI as it may be logged or shown: without its password."""
-        return self._redact(self._uri)
+        """The URI as it may be logged or shown: without its credentials."""
+        return safe_url(self._uri)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -903,15 +905,3 @@ class MongoThreadStore:
         client, self._client, self._db, self._bucket = self._client, None, None, None
         if client is not None:
             await client.close()
-
-
-def _uri_secrets(uri: str) -> list[str]:
-    """The password of a MongoDB URI, as written and decoded, to mask wherever it might show."""
-    try:
-        password = urllib.parse.urlsplit(uri).password
-    except ValueError:
-        return []
-    if not password:
-        return []
-    # A short one would mask unrelated text, and hides nothing anyway.
-    return [p for p in {password, urllib.parse.unquote(password)} if len(p) >= 3]

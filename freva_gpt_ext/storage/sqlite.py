@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..variants import ASSISTANT, CODE, USER, Variant
-from .base import StoreError, ThreadInfo, clean_text
+from .base import StoreError, ThreadInfo, clean_text, stored_json
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# 2 added threads.fork_from_index.
-SCHEMA_VERSION = 2
+# 2 added threads.fork_from_index; 3 added variants.meta.
+SCHEMA_VERSION = 3
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 # Bound of the cache of thread ids known to exist (it only saves one indexed lookup per thread).
 _KNOWN_LIMIT = 10_000
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS variants (
     tool_name TEXT,
     model TEXT,
     feedback TEXT,
+    meta TEXT,
     PRIMARY KEY (thread_id, seq)
 );
 CREATE TABLE IF NOT EXISTS leases (
@@ -73,7 +74,11 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 # Statements that take a database of schema version N (the key) to N + 1.
-_MIGRATIONS: dict[int, list[str]] = {1: ["ALTER TABLE threads ADD COLUMN fork_from_index INTEGER"]}
+_MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE threads ADD COLUMN fork_from_index INTEGER"],
+    # A JSON object of the variant's object fields (`cell_context`, `kernel`); NULL when it has none.
+    2: ["ALTER TABLE variants ADD COLUMN meta TEXT"],
+}
 
 _INSERT_THREAD = """
 INSERT OR IGNORE INTO threads (thread_id, user_id, topic, created, updated) VALUES (?, ?, ?, ?, ?)
@@ -82,9 +87,9 @@ INSERT OR IGNORE INTO threads (thread_id, user_id, topic, created, updated) VALU
 # appended to the thread since (a second server streaming a later turn), and a cached number would collide.
 # An append to a thread deleted meanwhile (by another process) is dropped instead of left orphaned.
 _INSERT_VARIANT = """
-INSERT INTO variants (thread_id, seq, variant, content, is_json, vid, tool_name, model, feedback)
+INSERT INTO variants (thread_id, seq, variant, content, is_json, vid, tool_name, model, feedback, meta)
 SELECT :tid, (SELECT COALESCE(MAX(seq), -1) + 1 FROM variants WHERE thread_id = :tid),
-       :variant, :content, :is_json, :vid, :tool_name, :model, :feedback
+       :variant, :content, :is_json, :vid, :tool_name, :model, :feedback, :meta
 WHERE EXISTS (SELECT 1 FROM threads WHERE thread_id = :tid)
 """
 _EXTEND_LAST = """
@@ -97,8 +102,8 @@ _INSERT_WHOLE_THREAD = """
 INSERT INTO threads (thread_id, user_id, topic, created, updated, fork_from_index) VALUES (?, ?, ?, ?, ?, ?)
 """
 _INSERT_NUMBERED_VARIANT = """
-INSERT INTO variants (thread_id, seq, variant, content, is_json, vid, tool_name, model, feedback)
-VALUES (:tid, :seq, :variant, :content, :is_json, :vid, :tool_name, :model, :feedback)
+INSERT INTO variants (thread_id, seq, variant, content, is_json, vid, tool_name, model, feedback, meta)
+VALUES (:tid, :seq, :variant, :content, :is_json, :vid, :tool_name, :model, :feedback, :meta)
 """
 _TOUCH = "UPDATE threads SET updated = MAX(updated, ?) WHERE thread_id = ?"
 _SELECT_INFO = "SELECT thread_id, user_id, topic, updated, fork_from_index FROM threads"
@@ -162,10 +167,7 @@ def _encode(content: Any) -> tuple[str, int]:
     # Text stays raw so a streamed run is extended in SQL (`content || ?`) without reading it back.
     if isinstance(content, str):
         return clean_text(content), 0
-    try:
-        return clean_text(json.dumps(content, ensure_ascii=False, allow_nan=False)), 1
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"Variant content cannot be stored: {exc}") from exc
+    return stored_json(content), 1
 
 
 def _clean_optional(text: str | None) -> str | None:
@@ -183,11 +185,34 @@ def _row(thread_id: str, variant: Variant) -> dict[str, Any]:
         "tool_name": _clean_optional(variant.tool_name),
         "model": _clean_optional(variant.model),
         "feedback": _clean_optional(variant.feedback),
+        "meta": stored_json(meta) if (meta := _meta(variant)) else None,
+    }
+
+
+def _meta(variant: Variant) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in (("cell_context", variant.cell_context), ("kernel", variant.kernel))
+        if value is not None
     }
 
 
 def _decode(content: str | None, is_json: int) -> Any:
     return json.loads(content) if is_json and content is not None else content
+
+
+def _variant(name: str, content: Any, is_json: int, vid: Any, tool: Any, model: Any, fb: Any, meta: Any) -> Variant:
+    fields = json.loads(meta) if meta else {}
+    return Variant(
+        name,
+        _decode(content, is_json),
+        id=vid,
+        tool_name=tool,
+        model=model,
+        feedback=fb,
+        cell_context=fields.get("cell_context"),
+        kernel=fields.get("kernel"),
+    )
 
 
 def _like_pattern(query: str) -> str:
@@ -578,16 +603,13 @@ class SQLiteThreadStore:
         await self._wait(self._pending_threads.get(thread_id))
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT variant, content, is_json, vid, tool_name, model, feedback FROM variants "
+                "SELECT variant, content, is_json, vid, tool_name, model, feedback, meta FROM variants "
                 "WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
             ).fetchall()
         )
         try:
-            return [
-                Variant(name, _decode(content, is_json), id=vid, tool_name=tool, model=model, feedback=fb)
-                for name, content, is_json, vid, tool, model, fb in rows
-            ]
+            return [_variant(*row) for row in rows]
         except ValueError as exc:
             raise StoreError(f"Thread {thread_id!r} holds undecodable content: {exc}") from exc
 

@@ -49,8 +49,8 @@ class Tool(Protocol):
         Must honour cancellation (a stopped turn cancels the task iterating it).
         """
 
-    async def close_thread(self, thread_id: str) -> None:
-        """Release what the tool holds for a thread (e.g. its kernel)."""
+    async def close_thread(self, thread_id: str, scope: str = "") -> None:
+        """Release what the tool holds for a deleted stored thread (e.g. its kernel); `scope` as in ToolContext."""
 
     async def aclose(self) -> None: ...
 

@@ -164,9 +164,9 @@ class KernelTool:
                 # Replayed too if the kernel dies later in this turn (the history does not hold it yet).
                 state.turn_codes.append((code, text))
 
-    async def close_thread(self, thread_id: str) -> None:
+    async def close_thread(self, thread_id: str, scope: str = "") -> None:
         """The stored thread was deleted: its kernel goes (its files stay, they are the user's)."""
-        await self.pool.close_thread(thread_id)
+        await self.pool.close_thread(thread_id, scope)
 
     async def aclose(self) -> None:
         """The extension stops: every per-thread kernel is shut down, every client closed."""

@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from queue import Empty
 from typing import Any
 
@@ -81,6 +81,8 @@ class KernelConnection:
         self.lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self.ipython = False
+        # `language_info.name` of the kernel's kernel_info reply ("" until connected).
+        self.language = ""
         self.closed = False
         self._pid: int | None = None
         self._replies: dict[str, dict[str, Any]] = {}
@@ -163,8 +165,8 @@ class KernelConnection:
                 channel = client.shell_channel if channel is client.control_channel else client.control_channel
             else:
                 info = reply.get("content") or {}
-                language = str((info.get("language_info") or {}).get("name", ""))
-                self.ipython = language == "python" and info.get("implementation") == "ipython"
+                self.language = str((info.get("language_info") or {}).get("name", ""))
+                self.ipython = self.language == "python" and info.get("implementation") == "ipython"
                 if await self._iopub_answers(client, msg_id, time.monotonic() + 0.5):
                     return
             if not await self.alive():
@@ -192,24 +194,40 @@ class KernelConnection:
     # -- executing ----------------------------------------------------------------------------------------
     def execute(self, code: str, *, store_history: bool, guard: bool) -> str:
         """Queue our code on the kernel's shell channel; the request's msg_id."""
-        client = self._require_client()
         metadata: dict[str, Any] = {}
         if guard:
             cell_id = f"freva-gpt-{uuid.uuid4().hex}"
             metadata["cellId"] = cell_id
             # Silent: no execute_input, no counter, no history. Its output and reply are nobody's and filtered out.
-            pre = {"code": _GUARD.format(cell_id=cell_id), "silent": True, "store_history": False}
-            client.shell_channel.send(client.session.msg("execute_request", {**pre, "allow_stdin": False}))
+            self._send_execute(_GUARD.format(cell_id=cell_id), silent=True)
+        return self._send_execute(code, silent=False, store_history=store_history, metadata=metadata)
+
+    def evaluate(self, expressions: Mapping[str, str]) -> str:
+        """Queue a silent request that evaluates `expressions` in the kernel's namespace: no execute_input, no
+        output, no history, the execution counter untouched; the values come in the execute reply's
+        `user_expressions` (see `reply`). The request's msg_id."""
+        return self._send_execute("", silent=True, user_expressions=expressions)
+
+    def _send_execute(
+        self,
+        code: str,
+        *,
+        silent: bool,
+        store_history: bool = False,
+        user_expressions: Mapping[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        client = self._require_client()
         content = {
             "code": code,
-            "silent": False,
+            "silent": silent,
             "store_history": store_history,
-            "user_expressions": {},
+            "user_expressions": dict(user_expressions or {}),
             "allow_stdin": False,
             # True would make ipykernel abort every request queued behind a failing one: the user's too.
             "stop_on_error": False,
         }
-        request = client.session.msg("execute_request", content, metadata=metadata)
+        request = client.session.msg("execute_request", content, metadata=metadata or {})
         client.shell_channel.send(request)
         return str(request["header"]["msg_id"])
 

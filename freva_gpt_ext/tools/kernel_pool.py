@@ -42,6 +42,16 @@ def user_folder(name: str) -> str:
     return "".join(chr(b) if chr(b) in _FOLDER_SAFE else f"%{b:02X}" for b in name.encode("utf-8", "surrogatepass"))
 
 
+def freva_config_file(headers: Mapping[str, str], configured: str) -> str:
+    """The Freva configuration a kernel gets: a trusted proxy's header (`headers` hold only a trusted proxy's),
+    else the configured file."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name in CONFIG_HEADERS:
+        if lowered.get(name):
+            return lowered[name]
+    return configured
+
+
 @dataclass(eq=False)
 class ThreadKernel:
     """A thread's kernel, whose it is, and the code that succeeded in it during the current turn (for a replay)."""
@@ -112,7 +122,10 @@ class KernelPool:
     # -- notebook kernels ---------------------------------------------------------------------------------
     async def user_connection(self, ctx: ToolContext) -> KernelConnection:
         """Our connection to the turn's notebook kernel."""
-        kernel_id = ctx.kernel_id or await self._kernel_of_notebook(ctx.notebook_path)
+        return await self.connection_to(ctx.kernel_id or await self._kernel_of_notebook(ctx.notebook_path))
+
+    async def connection_to(self, kernel_id: str | None) -> KernelConnection:
+        """Our connection to a notebook kernel (opened on first use, kept while it is used)."""
         if not kernel_id or kernel_id not in self.km:
             raise KernelFailure(
                 "The notebook's kernel is no longer running: start it again, or turn off running code in "
@@ -170,7 +183,7 @@ class KernelPool:
         cwd /= ctx.thread_id
         env = self.environment()
         env["THREAD_ID"] = ctx.thread_id
-        config = self._config_file(ctx.headers)
+        config = freva_config_file(ctx.headers, self.evaluation_system_config_file)
         if config:
             env[CONFIG_ENV] = config
         try:
@@ -210,14 +223,6 @@ class KernelPool:
         if not start.cancelled() and start.exception() is None:
             self._shutdown_later(str(start.result()))
 
-    def _config_file(self, headers: Mapping[str, str]) -> str:
-        """The Freva configuration: a trusted proxy's header, else the configured file."""
-        lowered = {k.lower(): v for k, v in headers.items()}
-        for name in CONFIG_HEADERS:
-            if lowered.get(name):
-                return lowered[name]
-        return self.evaluation_system_config_file
-
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def discard(self, conn: KernelConnection, *, shutdown: bool = True) -> None:
         """Stop using a connection; a per-thread kernel is shut down with it (the next call starts afresh)."""
@@ -232,9 +237,9 @@ class KernelPool:
         if shutdown:
             self._shutdown_later(conn.kernel_id)
 
-    async def close_thread(self, thread_id: str) -> None:
+    async def close_thread(self, thread_id: str, scope: str = "") -> None:
         """The stored thread was deleted: its kernel goes (its files stay, they are the user's)."""
-        state = self._threads.pop(("", thread_id), None)
+        state = self._threads.pop((scope, thread_id), None)
         if state is not None and state.conn is not None:
             await self._shutdown(state.conn)
 

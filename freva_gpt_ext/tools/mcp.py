@@ -169,8 +169,8 @@ class McpTool:
         for n, png in enumerate(images):
             yield Variant(IMAGE, png, id=f"{call_id}_{n}", tool_name=self.name)
 
-    async def close_thread(self, thread_id: str) -> None:
-        await self.server.close_thread(thread_id)
+    async def close_thread(self, thread_id: str, scope: str = "") -> None:
+        await self.server.close_thread(thread_id, scope)
 
     async def aclose(self) -> None:
         """Its server is closed by McpTools."""
@@ -380,8 +380,8 @@ class McpConnection:
             _FORWARDED_TOKEN.reset(forwarded)
 
     # -- sessions -----------------------------------------------------------------------------------------
-    async def close_thread(self, thread_id: str) -> None:
-        await self._close_sessions([k for k in self._sessions if k[0] == "thread" and k[-1] == thread_id])
+    async def close_thread(self, thread_id: str, scope: str = "") -> None:
+        await self._close_sessions([k for k in self._sessions if k == ("thread", scope, thread_id)])
 
     async def _close_idle(self) -> None:
         limit = time.monotonic() - self._session_idle
@@ -519,9 +519,9 @@ class McpTools:
         description = tool.description or tool.title or f"{tool.name} (MCP server {connection.config.name})"
         return McpTool(name, description, dict(tool.input_schema), connection, tool.name)
 
-    async def close_thread(self, thread_id: str) -> None:
+    async def close_thread(self, thread_id: str, scope: str = "") -> None:
         for connection in self.connections:
-            await connection.close_thread(thread_id)
+            await connection.close_thread(thread_id, scope)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.connections))

@@ -8,7 +8,9 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from ..redact import safe_url
 
 NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # what OpenAI-style function names allow; use with fullmatch
 DEFAULT_TIMEOUT = 30.0
@@ -38,13 +40,8 @@ class McpServerConfig:
 
     @property
     def where(self) -> str:
-        """The server as the log and the doctor show it: its URL without credentials or query, or its command."""
-        if self.url:
-            parts = urlsplit(self.url)
-            host = parts.hostname or ""
-            netloc = f"{host}:{parts.port}" if parts.port else host
-            return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-        return shlex.join([self.command, *self.args])
+        """The server as the log and the doctor show it: its URL without credentials, or its command."""
+        return safe_url(self.url) if self.url else shlex.join([self.command, *self.args])
 
 
 def parse_mcp_servers(entries: Any) -> list[McpServerConfig]:
@@ -75,7 +72,7 @@ def _entry(entry: Any, position: int) -> McpServerConfig:
     url, command = entry.get("url"), entry.get("command")
     if bool(url) == bool(command):
         raise McpConfigError(f"{label}: give either 'url' (streamable HTTP) or 'command' (stdio), not both or neither.")
-    if url is not None and not (isinstance(url, str) and urlsplit(url).scheme in ("http", "https")):
+    if url is not None and not (isinstance(url, str) and _http_url(url)):
         raise McpConfigError(f"{label}: 'url' must be an http:// or https:// URL.")
     if command is not None and not isinstance(command, str):
         raise McpConfigError(f"{label}: 'command' must be a string (its arguments go into 'args').")
@@ -110,6 +107,15 @@ def _entry(entry: Any, position: int) -> McpServerConfig:
         timeout=float(timeout),
         per_user=flags["per_user"],
     )
+
+
+def _http_url(url: str) -> bool:
+    """An http(s) URL with a host, and a port that is a number if it has one."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # the port, or an IPv6 address
+        return False
 
 
 def _strings(entry: dict[str, Any], key: str, label: str) -> dict[str, str]:

@@ -5,7 +5,9 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { ICellContext } from './cellcontext';
 import { IRawVariant } from './conversation';
+import { dispositionFilename } from './exportfile';
 import { readNdjson } from './ndjson';
 import { DETAIL_HEADER } from './service';
 
@@ -40,6 +42,31 @@ export interface IStreamRequest {
   chatbot?: string;
   kernel_id?: string;
   notebook_path?: string;
+  /** `false`: the summary of the notebook kernel's variables is not sent (the server's default is to send it). */
+  kernel_context?: boolean;
+  /** The notebook cell the question is about. */
+  cell_context?: ICellContext;
+}
+
+/** What `kernelcontext` says a turn in that notebook kernel sends the LLM. */
+export interface IKernelContext {
+  kernel_id: string;
+  /** The kernel spec's name. */
+  spec: string;
+  language: string;
+  /** The text the LLM gets (empty: nothing). */
+  summary: string;
+  /** The names of the variables in it. */
+  variables: string[];
+  /** Why the summary is empty: `off` (the server's setting), `busy`, `timeout`, `not_python`, `unavailable`. */
+  state: 'ok' | 'off' | 'busy' | 'timeout' | 'not_python' | 'unavailable' | string;
+}
+
+/** A thread exported as a notebook, to save. */
+export interface IExportedNotebook {
+  blob: Blob;
+  /** The server's file name (`Content-Disposition`), `null` when it named none. */
+  filename: string | null;
 }
 
 export class ChatbotApi {
@@ -107,6 +134,30 @@ export class ChatbotApi {
     return this.call('editthread', { source_thread_id: threadId, user_index: userIndex, show_tools: true });
   }
 
+  /** What a turn run in this notebook kernel would tell the LLM about the kernel's variables. */
+  kernelContext(kernelId: string, signal?: AbortSignal): Promise<IKernelContext> {
+    return this.call<IKernelContext>('kernelcontext', { kernel_id: kernelId }, signal);
+  }
+
+  /** Write the thread as a notebook at `path` (contents API path); its path. 409: the file exists. */
+  async exportThread(threadId: string, path: string, overwrite = false): Promise<string> {
+    const answer = await this.call<{ path: string }>('exportthread', {
+      thread_id: threadId,
+      path,
+      overwrite
+    });
+    return answer.path;
+  }
+
+  /** The thread as a notebook file, to download. */
+  async downloadThread(threadId: string): Promise<IExportedNotebook> {
+    const response = await this._request('exportthread', { thread_id: threadId }, undefined, 'GET');
+    return {
+      blob: await response.blob(),
+      filename: dispositionFilename(response.headers.get('Content-Disposition'))
+    };
+  }
+
   feedback(threadId: string, index: number, feedback: string): Promise<unknown> {
     return this.call('userfeedback', { thread_id: threadId, feedback_index: index, feedback });
   }
@@ -136,20 +187,24 @@ export class ChatbotApi {
     }
   }
 
+  /** A POST with `body` as JSON, or a GET with it as the query (values as strings). */
   private async _request(
     route: string,
     body: Record<string, unknown>,
-    signal?: AbortSignal
+    signal?: AbortSignal,
+    method: 'POST' | 'GET' = 'POST'
   ): Promise<Response> {
-    const init: RequestInit = {
-      method: 'POST',
-      body: JSON.stringify(body),
-      headers: { 'Content-Type': 'application/json' },
-      signal
-    };
+    let url = this.url(route);
+    const init: RequestInit = { method, signal };
+    if (method === 'GET') {
+      url += URLExt.objectToQueryString(body as Record<string, string>);
+    } else {
+      init.body = JSON.stringify(body);
+      init.headers = { 'Content-Type': 'application/json' };
+    }
     let response: Response;
     try {
-      response = await ServerConnection.makeRequest(this.url(route), init, this.settings);
+      response = await ServerConnection.makeRequest(url, init, this.settings);
     } catch (error) {
       if ((error as Error)?.name === 'AbortError') {
         throw error;

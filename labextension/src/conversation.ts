@@ -11,9 +11,11 @@
  * - `CodeOutput` and `CodeError` attach to the first earlier `Code` with their id; `ToolOutput` to its
  *   `ToolCall`. Separate `CodeError`s of one call are joined with a newline.
  * - `feedback_index` counts `Assistant` + `Code` messages; `user_index` counts `User` messages.
+ * - a `User` variant may carry the notebook cell it asks about (`cell_context`, an object or a JSON string).
  * - legacy shapes: `[text, id]` contents, a one-element list for `CodeError`, a JSON-encoded `ServerHint`,
  *   `Image` without id.
  */
+import { ICellContext, parseCellContext } from './cellcontext';
 
 /** One line of the stream / one stored variant, as it comes over the wire. */
 export interface IRawVariant {
@@ -23,6 +25,7 @@ export interface IRawVariant {
   tool_name?: string | null;
   model?: string | null;
   feedback?: string | null;
+  cell_context?: unknown;
 }
 
 /** A variant with its legacy shapes undone. */
@@ -33,6 +36,7 @@ export interface IVariant {
   toolName: string | null;
   model: string | null;
   feedback: string | null;
+  cellContext: ICellContext | null;
 }
 
 interface IBlockBase {
@@ -49,6 +53,8 @@ export interface IUserBlock extends IBlockBase {
   text: string;
   /** 0-based count of user messages: `editthread`'s `user_index`. */
   userIndex: number;
+  /** The notebook cell the question was about. */
+  cellContext: ICellContext | null;
 }
 
 export interface IAssistantBlock extends IBlockBase {
@@ -144,7 +150,8 @@ export function normalizeVariant(raw: IRawVariant): IVariant {
     id,
     toolName: raw.tool_name ?? null,
     model: raw.model ?? null,
-    feedback: raw.feedback ?? null
+    feedback: raw.feedback ?? null,
+    cellContext: name === 'User' ? parseCellContext(raw.cell_context) : null
   };
 }
 
@@ -291,14 +298,15 @@ export class Conversation {
     return this.turnModels.get(block.turn) ?? null;
   }
 
-  /** Add the user's own message (live: the stream never carries it). */
-  addUser(text: string): IUserBlock {
+  /** Add the user's own message (live: the stream never carries it), with the cell it asks about. */
+  addUser(text: string, cellContext: ICellContext | null = null): IUserBlock {
     this._last = null;
     const block: IUserBlock = {
       ...this._base(this._users + 1),
       kind: 'user',
       text,
-      userIndex: this._users
+      userIndex: this._users,
+      cellContext
     };
     this._users += 1;
     this._turn = this._users;
@@ -329,7 +337,7 @@ export class Conversation {
   private _applyNew(v: IVariant, text: string, live: boolean): Block | null {
     switch (v.variant) {
       case 'User':
-        return this.addUser(text);
+        return this.addUser(text, v.cellContext);
       case 'Assistant':
       case 'Code':
       case 'Image':

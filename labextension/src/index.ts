@@ -7,19 +7,16 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { ITranslator, nullTranslator } from '@jupyterlab/translation';
+import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 import { ChatbotApi } from './api';
+import { frevaIcon } from './icons';
 import { FrevaChatModel } from './model';
 import { NotebookBridge } from './notebook';
-import { FrevaPanel, PANEL_ID } from './panel';
+import { CommandIDs, FrevaPanel, PANEL_ID } from './panel';
 import { copyText, createChatRendermime } from './renderers';
 
 const PLUGIN_ID = 'freva-gpt-ext:plugin';
-
-namespace CommandIDs {
-  export const open = 'freva-gpt:open';
-  export const newChat = 'freva-gpt:new-chat';
-}
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
@@ -69,7 +66,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       },
       trans
     );
-    const panel = new FrevaPanel({ model, rendermime: chatRendermime, themeManager });
+    const panel = new FrevaPanel({ model, rendermime: chatRendermime, themeManager, commands: app.commands });
     app.shell.add(panel, 'right', { rank: 500 });
     restorer?.add(panel, 'freva-gpt');
 
@@ -109,9 +106,72 @@ const plugin: JupyterFrontEndPlugin<void> = {
         panel.newChat();
       }
     });
+
+    // The thread menu's items; without a `threadId` they act on the thread the panel shows.
+    const threadOf = (args: ReadonlyPartialJSONObject) =>
+      (args.threadId as string | undefined) ?? model.threadId;
+    app.commands.addCommand(CommandIDs.exportNotebook, {
+      label: trans.__('Export as notebook'),
+      caption: trans.__('Write the thread as a notebook next to the active notebook, and open it'),
+      isEnabled: args => !!threadOf(args),
+      execute: async args => {
+        const threadId = threadOf(args);
+        if (!threadId) {
+          return;
+        }
+        try {
+          const topic = args.topic as string | undefined;
+          const path = await model.exportNotebook(threadId, notebook.folder(), topic);
+          await app.commands.execute('docmanager:open', { path });
+          return path;
+        } catch (error) {
+          model.notifyError(error);
+        }
+      }
+    });
+    app.commands.addCommand(CommandIDs.downloadNotebook, {
+      label: trans.__('Download .ipynb'),
+      caption: trans.__('Download the thread as a notebook file'),
+      isEnabled: args => !!threadOf(args),
+      execute: async args => {
+        const threadId = threadOf(args);
+        if (threadId) {
+          await model.downloadNotebook(threadId, args.topic as string | undefined).catch(error => {
+            model.notifyError(error);
+          });
+        }
+      }
+    });
+
+    // On notebook cells: the cell toolbar and the context menu (schema/plugin.json places them).
+    const askAbout = (question?: string) => {
+      const context = notebook.activeCellContext();
+      if (context) {
+        app.shell.activateById(PANEL_ID);
+        panel.askAboutCell(context, question);
+      }
+    };
+    app.commands.addCommand(CommandIDs.askCell, {
+      // The cell toolbar shows the icon alone.
+      label: args => (args.toolbar ? '' : trans.__('Ask FrevaGPT')),
+      caption: trans.__('Ask FrevaGPT about this cell'),
+      icon: frevaIcon,
+      isEnabled: () => !!tracker.activeCell,
+      execute: () => askAbout()
+    });
+    app.commands.addCommand(CommandIDs.explainError, {
+      label: trans.__('Explain this error'),
+      caption: trans.__('Ask FrevaGPT why this cell failed'),
+      icon: frevaIcon,
+      isVisible: () => notebook.activeCellFailed(),
+      execute: () => askAbout(trans.__('Explain this error.'))
+    });
+
     const category = trans.__('FrevaGPT');
     palette?.addItem({ command: CommandIDs.open, category, args: { isPalette: true } });
     palette?.addItem({ command: CommandIDs.newChat, category });
+    palette?.addItem({ command: CommandIDs.exportNotebook, category });
+    palette?.addItem({ command: CommandIDs.downloadNotebook, category });
   }
 };
 

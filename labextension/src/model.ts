@@ -18,7 +18,9 @@ import { TranslationBundle } from '@jupyterlab/translation';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ChatbotApi, ChatbotError, IStreamRequest } from './api';
+import { ICellContext } from './cellcontext';
 import { Block, Conversation, codeFromArguments } from './conversation';
+import { notebookStem, writeUnique } from './exportfile';
 import { NotebookBridge } from './notebook';
 import { ICodeData, IErrorData, IToolData, MIME } from './renderers';
 import { ServiceState, serviceState } from './service';
@@ -48,7 +50,7 @@ const BOT_USERNAME = 'frevagpt';
 const FLUSH_INTERVAL = 50;
 
 /** What an error says to people: the API's `detail`, else the message. */
-function errorText(error: unknown): string {
+export function errorText(error: unknown): string {
   return error instanceof ChatbotError
     ? error.detail
     : error instanceof Error
@@ -169,6 +171,40 @@ export class FrevaChatModel extends AbstractChatModel {
     }
   }
 
+  /** The notebook cell the next question is about (`null`: none). */
+  get pendingCell(): ICellContext | null {
+    return this._pendingCell;
+  }
+  set pendingCell(value: ICellContext | null) {
+    if (value !== this._pendingCell) {
+      this._pendingCell = value;
+      this._stateChanged.emit();
+    }
+  }
+
+  /**
+   * Whether the next question sends the summary of the notebook kernel's variables (when it runs there).
+   * Switched off, it is off for that one question.
+   */
+  get shareKernelContext(): boolean {
+    return this._shareKernel;
+  }
+  set shareKernelContext(value: boolean) {
+    if (value !== this._shareKernel) {
+      this._shareKernel = value;
+      this._stateChanged.emit();
+    }
+  }
+
+  /** Attach a notebook cell to the next question; `question` fills the input. */
+  askAboutCell(context: ICellContext, question?: string): void {
+    this.pendingCell = context;
+    if (question !== undefined) {
+      this.input.value = question;
+    }
+    this.input.focus();
+  }
+
   /** Whether the server can answer, and if not, what the panel tells the user. */
   get service(): ServiceState {
     return this._service;
@@ -203,8 +239,11 @@ export class FrevaChatModel extends AbstractChatModel {
     return this.ask(message.body);
   }
 
-  /** Ask the assistant; the answer streams into the chat. */
-  async ask(text: string): Promise<void> {
+  /**
+   * Ask the assistant; the answer streams into the chat. The question is about `cell` (by default the cell
+   * attached with `askAboutCell`, which it then takes).
+   */
+  async ask(text: string, cell: ICellContext | null = this._pendingCell): Promise<void> {
     if (!text.trim()) {
       return;
     }
@@ -216,9 +255,13 @@ export class FrevaChatModel extends AbstractChatModel {
       return;
     }
     const conv = this._conv;
+    const share = this._shareKernel;
     this._streaming = true;
     this._notice = null;
     this._stopping = false;
+    // Both are for this one question; a refused question gets them back with its text.
+    this._pendingCell = null;
+    this._shareKernel = true;
     this._stateChanged.emit();
     const controller = new AbortController();
     this._abort = controller;
@@ -232,9 +275,15 @@ export class FrevaChatModel extends AbstractChatModel {
         const target = this.notebook.target();
         if (target.kernelId) {
           request.kernel_id = target.kernelId;
+          if (!share) {
+            request.kernel_context = false;
+          }
         }
       }
-      conv.addUser(text);
+      if (cell) {
+        request.cell_context = cell;
+      }
+      conv.addUser(text, cell);
       added = true;
       this._flush();
       for await (const variant of this.api.stream(request, controller.signal)) {
@@ -274,6 +323,8 @@ export class FrevaChatModel extends AbstractChatModel {
             this._remove(user.key);
           }
           this.input.value = text;
+          this._pendingCell = cell;
+          this._shareKernel = share;
         }
       }
     } finally {
@@ -372,8 +423,40 @@ export class FrevaChatModel extends AbstractChatModel {
     }
     this._flush();
     this._threadsChanged.emit();
-    await this.ask(text);
+    await this.ask(text, block.cellContext);
     return true;
+  }
+
+  /**
+   * Write a thread as a notebook into `folder` (a contents path, `''`: the root) as `<topic>.ipynb`, or the
+   * first of `<topic>-1.ipynb`, `<topic>-2.ipynb`, … that does not exist yet; its path. Without a `topic`, the
+   * server's name for the download is taken.
+   */
+  async exportNotebook(threadId: string, folder: string, topic?: string): Promise<string> {
+    const name = topic ?? (await this.api.downloadThread(threadId)).filename?.replace(/\.ipynb$/i, '') ?? '';
+    return writeUnique(
+      folder,
+      name,
+      path => this.api.exportThread(threadId, path),
+      error => error instanceof ChatbotError && error.status === 409
+    );
+  }
+
+  /** Save a thread as a notebook file through the browser's download. */
+  async downloadNotebook(threadId: string, topic?: string): Promise<void> {
+    const { blob, filename } = await this.api.downloadThread(threadId);
+    const url = URL.createObjectURL(blob);
+    try {
+      const link = document.createElement('a');
+      link.href = url;
+      link.download = filename ?? `${notebookStem(topic ?? '')}.ipynb`;
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+    } finally {
+      // The browser reads the blob after the click returned: give it time before the URL goes.
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    }
   }
 
   /** The block a message shows. */
@@ -572,6 +655,8 @@ export class FrevaChatModel extends AbstractChatModel {
   private _service: ServiceState = { kind: 'loading' };
   private _chatbot = '';
   private _runInKernel = false;
+  private _pendingCell: ICellContext | null = null;
+  private _shareKernel = true;
   private _abort: AbortController | null = null;
   private _timer: ReturnType<typeof setTimeout> | null = null;
   private _stateChanged = new Signal<this, void>(this);

@@ -1,6 +1,6 @@
 /**
- * The panel's view of the active notebook: which kernel "run code in the notebook's kernel" targets, and
- * inserting (and running) code below its active cell.
+ * The panel's view of the active notebook: which kernel "run code in the notebook's kernel" targets,
+ * inserting (and running) code below its active cell, and its active cell as the context of a question.
  *
  * The notebook is `INotebookTracker.currentWidget` — the last notebook the user focused — never
  * `shell.currentWidget`, which is the chat panel itself while the user types in it.
@@ -8,6 +8,9 @@
 import { JupyterFrontEnd } from '@jupyterlab/application';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import { ISignal, Signal } from '@lumino/signaling';
+
+import { ICellContext, IOutputJSON, cellContext, errorOutput } from './cellcontext';
+import { folderOf } from './exportfile';
 
 export interface IKernelTarget {
   /** The notebook's path, or `null` when no notebook is open. */
@@ -24,12 +27,18 @@ export class NotebookBridge {
     readonly tracker: INotebookTracker
   ) {
     tracker.currentChanged.connect(this._onCurrentChanged, this);
+    NotebookActions.executed.connect(this._onExecuted, this);
     this._onCurrentChanged();
   }
 
   /** Emits when the current notebook, its kernel or its name changes. */
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+
+  /** Emits when a cell of the current notebook finished running (its kernel's variables may have changed). */
+  get executed(): ISignal<this, void> {
+    return this._executed;
   }
 
   get current(): NotebookPanel | null {
@@ -49,6 +58,29 @@ export class NotebookBridge {
       kernelId: kernel?.id ?? null,
       kernelName: kernel ? panel.sessionContext.kernelDisplayName : null
     };
+  }
+
+  /** The folder of the current notebook (its contents path without a drive), `''` (the root) without one. */
+  folder(): string {
+    const panel = this.current;
+    return panel ? folderOf(this.app.serviceManager.contents.localPath(panel.context.path)) : '';
+  }
+
+  /** The active cell of the current notebook as the context of a question, `null` without one. */
+  activeCellContext(): ICellContext | null {
+    const panel = this.current;
+    const cell = panel?.content.activeCell;
+    if (!panel || !cell) {
+      return null;
+    }
+    const path = this.app.serviceManager.contents.localPath(panel.context.path);
+    return cellContext(cell.model.sharedModel.getSource(), this._outputs(cell.model), path);
+  }
+
+  /** Whether the last run of the current notebook's active cell failed. */
+  activeCellFailed(): boolean {
+    const cell = this.current?.content.activeCell;
+    return !!cell && errorOutput(this._outputs(cell.model)) !== null;
   }
 
   /**
@@ -83,7 +115,14 @@ export class NotebookBridge {
   }
 
   dispose(): void {
+    NotebookActions.executed.disconnect(this._onExecuted, this);
     Signal.clearData(this);
+  }
+
+  /** A cell's outputs as nbformat JSON (markdown and raw cells have none). */
+  private _outputs(model: { toJSON(): unknown }): IOutputJSON[] {
+    const outputs = (model.toJSON() as { outputs?: IOutputJSON[] }).outputs;
+    return Array.isArray(outputs) ? outputs : [];
   }
 
   private _onCurrentChanged(): void {
@@ -107,6 +146,12 @@ export class NotebookBridge {
     this._emit();
   }
 
+  private _onExecuted(_: unknown, args: { notebook: unknown }): void {
+    if (args.notebook === this.current?.content) {
+      this._executed.emit();
+    }
+  }
+
   private _onDisposed(): void {
     this._watched = null;
     this._emit();
@@ -118,4 +163,5 @@ export class NotebookBridge {
 
   private _watched: NotebookPanel | null = null;
   private _changed = new Signal<this, void>(this);
+  private _executed = new Signal<this, void>(this);
 }

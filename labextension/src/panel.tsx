@@ -1,6 +1,7 @@
 /**
- * The FrevaGPT side panel: a header (new chat, threads, model, kernel toggle), the thread list, and
- * `@jupyter/chat`'s chat widget with our status line, stop button and feedback buttons.
+ * The FrevaGPT side panel: a header (new chat, threads, model, kernel toggle, the thread's menu), the thread
+ * list, and `@jupyter/chat`'s chat widget with our status line, stop button, feedback buttons, the chip of the
+ * notebook cell a question is about, and above the input what goes along with the next question.
  */
 import {
   ChatWidget,
@@ -9,6 +10,8 @@ import {
   InputToolbarRegistry,
   MessageFooterRegistry,
   MessageFooterSectionProps,
+  MessagePreambleProps,
+  MessagePreambleRegistry,
   TooltippedIconButton
 } from '@jupyter/chat';
 import { Dialog, IThemeManager, ReactWidget, showDialog } from '@jupyterlab/apputils';
@@ -16,26 +19,50 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { TranslationBundle } from '@jupyterlab/translation';
 import {
   HTMLSelect,
+  MenuSvg,
   addIcon,
   caretLeftIcon,
   caretRightIcon,
+  closeIcon,
   deleteIcon,
   editIcon,
+  ellipsesIcon,
   historyIcon,
+  notebookIcon,
   stopIcon
 } from '@jupyterlab/ui-components';
+import { ReadonlyJSONObject } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
-import { Panel } from '@lumino/widgets';
+import { Menu, Panel } from '@lumino/widgets';
 import React, { useCallback, useEffect, useRef, useState } from 'react';
+import { Root, createRoot } from 'react-dom/client';
 
-import { IThreadInfo, IThreadPage } from './api';
+import { IKernelContext, IThreadInfo, IThreadPage } from './api';
+import { ICellContext, cellChip } from './cellcontext';
 import { StreamFollower } from './follow';
 import { frevaIcon, thumbDownIcon, thumbUpIcon } from './icons';
-import { FrevaChatModel, StatusKey } from './model';
+import { FrevaChatModel, StatusKey, errorText } from './model';
 import { pageRange } from './paging';
 
 export const PANEL_ID = 'freva-gpt-panel';
 const PAGE_SIZE = 20;
+/** The kernel's variables are read again this long (ms) after the last cell ran or a turn ended. */
+const KERNEL_CONTEXT_DELAY = 500;
+/** Reads again after a `timeout` answer of `kernelcontext`, at most (each after twice the wait before). */
+const KERNEL_CONTEXT_RETRIES = 4;
+
+export namespace CommandIDs {
+  export const open = 'freva-gpt:open';
+  export const newChat = 'freva-gpt:new-chat';
+  /** Args: `threadId` (default: the panel's thread), `topic` (the file name's stem). */
+  export const exportNotebook = 'freva-gpt:export-notebook';
+  /** Args as `exportNotebook`. */
+  export const downloadNotebook = 'freva-gpt:download-notebook';
+  /** The active notebook cell as the context of the next question. */
+  export const askCell = 'freva-gpt:ask-cell';
+  /** As `askCell`, with the question to explain the cell's error. */
+  export const explainError = 'freva-gpt:explain-error';
+}
 
 /** Re-render whenever one of the signals emits. */
 function useSignals(...signals: ISignal<unknown, unknown>[]): void {
@@ -174,6 +201,19 @@ function Header(props: { panel: FrevaPanel }): JSX.Element {
           <historyIcon.react tag="span" className="freva-gpt-button-icon" />
           <span>{trans.__('Threads')}</span>
         </button>
+        <button
+          type="button"
+          className="jp-Button jp-mod-minimal freva-gpt-thread-menu-button"
+          title={trans.__('This thread')}
+          aria-label={trans.__('This thread')}
+          aria-haspopup="menu"
+          disabled={!model.threadId}
+          onClick={event =>
+            model.threadId && panel.openThreadMenu(event.currentTarget, { threadId: model.threadId })
+          }
+        >
+          <ellipsesIcon.react tag="span" />
+        </button>
         <HTMLSelect
           className="freva-gpt-model"
           aria-label={trans.__('Model')}
@@ -304,6 +344,19 @@ function ThreadItem(props: {
         onClick={() => void remove()}
       >
         <deleteIcon.react tag="span" />
+      </button>
+      <button
+        type="button"
+        className="jp-Button jp-mod-minimal freva-gpt-thread-action"
+        data-action="menu"
+        title={trans.__('More')}
+        aria-label={trans.__('More')}
+        aria-haspopup="menu"
+        onClick={event =>
+          panel.openThreadMenu(event.currentTarget, { threadId: thread.thread_id, topic: thread.topic })
+        }
+      >
+        <ellipsesIcon.react tag="span" />
       </button>
     </li>
   );
@@ -513,11 +566,266 @@ function FeedbackFooter(props: MessageFooterSectionProps): JSX.Element | null {
   );
 }
 
+/** The chip of the notebook cell a question is about; `onRemove` adds a button that takes it away. */
+export function CellChip(props: {
+  context: ICellContext;
+  trans: TranslationBundle;
+  onRemove?: () => void;
+}): JSX.Element {
+  const { context, trans, onRemove } = props;
+  const chip = cellChip(context);
+  return (
+    <span className="freva-gpt-cell-chip" data-failed={chip.failed} title={chip.title}>
+      <notebookIcon.react tag="span" className="freva-gpt-cell-chip-icon" />
+      <span className="freva-gpt-cell-chip-notebook">{chip.notebook || trans.__('notebook')}</span>
+      {chip.excerpt && <code className="freva-gpt-cell-chip-excerpt">{chip.excerpt}</code>}
+      {chip.failed && <span className="freva-gpt-cell-chip-error">{trans.__('error')}</span>}
+      {onRemove && (
+        <button
+          type="button"
+          className="jp-Button jp-mod-minimal freva-gpt-cell-chip-remove"
+          title={trans.__('Do not send this cell')}
+          aria-label={trans.__('Do not send this cell')}
+          onClick={onRemove}
+        >
+          <closeIcon.react tag="span" />
+        </button>
+      )}
+    </span>
+  );
+}
+
+/** Above a user's message: the notebook cell it asked about. */
+function CellPreamble(props: MessagePreambleProps): JSX.Element | null {
+  const model = props.model as FrevaChatModel;
+  const block = model.block(props.message.metadata?.frevaBlock);
+  if (!block || block.kind !== 'user' || !block.cellContext) {
+    return null;
+  }
+  return (
+    <div className="freva-gpt-cell-preamble">
+      <CellChip context={block.cellContext} trans={model.trans} />
+    </div>
+  );
+}
+
+/** What `kernelcontext` answered for one kernel. */
+interface IKernelContextState {
+  kernelId: string;
+  info: IKernelContext | null;
+  error: string | null;
+}
+
+/** What the kernel context line says, and its `data-state`. */
+function kernelContextText(
+  name: string,
+  share: boolean,
+  current: IKernelContextState | null,
+  trans: TranslationBundle
+): { kind: string; text: string } {
+  const info = current?.info;
+  if (current?.error) {
+    return {
+      kind: 'error',
+      text: trans.__('What the assistant sees of the kernel of %1 is unknown: %2', name, current.error)
+    };
+  }
+  if (!info) {
+    return { kind: 'loading', text: trans.__('The assistant sees the kernel of %1.', name) };
+  }
+  if (info.state === 'off') {
+    return { kind: 'server-off', text: trans.__('This server tells the assistant nothing of your kernels.') };
+  }
+  if (!share) {
+    return { kind: 'off', text: trans.__('Nothing of the kernel of %1 goes with the next question.', name) };
+  }
+  switch (info.state) {
+    case 'not_python':
+      return {
+        kind: 'unsupported',
+        text: trans.__(
+          'The assistant sees no variables of the %1 kernel of %2.',
+          info.language || info.spec,
+          name
+        )
+      };
+    case 'busy':
+      return {
+        kind: 'busy',
+        text: trans.__(
+          'The kernel of %1 is busy: while it runs, the assistant sees none of its variables.',
+          name
+        )
+      };
+    case 'timeout':
+    case 'unavailable':
+      return {
+        kind: 'unavailable',
+        text: trans.__('The variables of the kernel of %1 cannot be read now.', name)
+      };
+  }
+  if (!info.variables.length) {
+    return { kind: 'empty', text: trans.__('The assistant sees the kernel of %1: no variables yet.', name) };
+  }
+  return {
+    kind: 'shared',
+    text: trans._n(
+      'The assistant sees %1 variable of the kernel of %2.',
+      'The assistant sees %1 variables of the kernel of %2.',
+      info.variables.length,
+      name
+    )
+  };
+}
+
+/**
+ * Which notebook's kernel the assistant sees and the variables it shares with the next question (from
+ * `kernelcontext`, read again after a cell of the notebook ran, after each turn and when opened), and the
+ * switch that keeps them back for the next question. Never on the kernel's own state changes: each read runs
+ * (silent) code in the kernel, which changes its state.
+ */
+function KernelContextView(props: { model: FrevaChatModel }): JSX.Element | null {
+  const { model } = props;
+  const trans = model.trans;
+  useSignals(model.stateChanged, model.notebook.changed);
+  const target = model.notebook.target();
+  const kernelId = model.runInNotebookKernel ? target.kernelId : null;
+  const [state, setState] = useState<IKernelContextState | null>(null);
+  const [reads, setReads] = useState(0);
+  // Tries left after a `timeout` (the server's first connection to a kernel may take longer than a read).
+  const retries = useRef(0);
+  const read = useCallback(() => {
+    retries.current = KERNEL_CONTEXT_RETRIES;
+    setReads(n => n + 1);
+  }, []);
+
+  useEffect(() => {
+    if (!kernelId) {
+      return;
+    }
+    let timer: ReturnType<typeof setTimeout> | null = null;
+    const later = () => {
+      if (timer !== null) {
+        clearTimeout(timer);
+      }
+      timer = setTimeout(() => {
+        timer = null;
+        read();
+      }, KERNEL_CONTEXT_DELAY);
+    };
+    model.notebook.executed.connect(later);
+    model.threadsChanged.connect(later);
+    retries.current = KERNEL_CONTEXT_RETRIES;
+    return () => {
+      if (timer !== null) {
+        clearTimeout(timer);
+      }
+      model.notebook.executed.disconnect(later);
+      model.threadsChanged.disconnect(later);
+    };
+  }, [model, kernelId, read]);
+
+  useEffect(() => {
+    if (!kernelId) {
+      return;
+    }
+    const controller = new AbortController();
+    let retry: ReturnType<typeof setTimeout> | null = null;
+    model.api.kernelContext(kernelId, controller.signal).then(
+      info => {
+        setState({ kernelId, info, error: null });
+        if (info.state === 'timeout' && retries.current > 0) {
+          const wait = KERNEL_CONTEXT_DELAY * 2 ** (KERNEL_CONTEXT_RETRIES - retries.current);
+          retries.current -= 1;
+          retry = setTimeout(() => setReads(n => n + 1), wait);
+        }
+      },
+      error => {
+        if ((error as Error)?.name !== 'AbortError') {
+          setState({ kernelId, info: null, error: errorText(error) });
+        }
+      }
+    );
+    return () => {
+      controller.abort();
+      if (retry !== null) {
+        clearTimeout(retry);
+      }
+    };
+  }, [model, kernelId, reads]);
+
+  if (!kernelId) {
+    return null;
+  }
+  const name = target.name ?? target.path ?? '';
+  const current = state?.kernelId === kernelId ? state : null;
+  const info = current?.info ?? null;
+  const share = model.shareKernelContext;
+  const { kind, text } = kernelContextText(name, share, current, trans);
+  return (
+    <div className="freva-gpt-kernel-context" data-state={kind} title={target.path ?? ''}>
+      {kind === 'shared' && info ? (
+        <details
+          className="freva-gpt-kernel-context-details"
+          onToggle={event => event.currentTarget.open && read()}
+        >
+          <summary>{text}</summary>
+          <ul className="freva-gpt-kernel-variables" aria-label={trans.__('Shared variables')}>
+            {info.variables.map(variable => (
+              <li key={variable}>
+                <code>{variable}</code>
+              </li>
+            ))}
+          </ul>
+          <pre className="freva-gpt-kernel-summary" aria-label={trans.__('What the assistant is told')}>
+            {info.summary}
+          </pre>
+        </details>
+      ) : (
+        <span className="freva-gpt-kernel-context-text">{text}</span>
+      )}
+      {kind !== 'server-off' && (
+        <label
+          className="freva-gpt-kernel-share"
+          title={trans.__('Switched off, for the next question only')}
+        >
+          <input
+            type="checkbox"
+            checked={share}
+            onChange={event => (model.shareKernelContext = event.currentTarget.checked)}
+          />
+          <span>{trans.__('Share')}</span>
+        </label>
+      )}
+    </div>
+  );
+}
+
+/** Above the input: the notebook cell the next question is about, and what the assistant sees of the kernel. */
+function ContextBar(props: { model: FrevaChatModel }): JSX.Element {
+  const { model } = props;
+  useSignals(model.stateChanged);
+  const cell = model.pendingCell;
+  return (
+    <>
+      {cell && (
+        <div className="freva-gpt-pending-cell">
+          <span>{model.trans.__('About')}</span>
+          <CellChip context={cell} trans={model.trans} onRemove={() => (model.pendingCell = null)} />
+        </div>
+      )}
+      <KernelContextView model={model} />
+    </>
+  );
+}
+
 export namespace FrevaPanel {
   export interface IOptions {
     model: FrevaChatModel;
     rendermime: IRenderMimeRegistry;
     themeManager: IThemeManager | null;
+    /** Runs the thread menu's items (JupyterLab's command registry). */
+    commands: Menu.IOptions['commands'];
   }
 }
 
@@ -540,6 +848,10 @@ export class FrevaPanel extends Panel {
 
     const footers: IMessageFooterRegistry = new MessageFooterRegistry();
     footers.addSection({ component: FeedbackFooter, position: 'right' });
+    const preambles = new MessagePreambleRegistry();
+    preambles.addComponent(CellPreamble);
+    this._threadMenu = new MenuSvg({ commands: options.commands });
+    this._threadMenu.addClass('freva-gpt-thread-menu');
 
     this._header = ReactWidget.create(<Header panel={this} />);
     this._header.addClass('freva-gpt-header-widget');
@@ -552,6 +864,7 @@ export class FrevaPanel extends Panel {
       themeManager: options.themeManager,
       inputToolbarRegistry: toolbar,
       messageFooterRegistry: footers,
+      messagePreambleRegistry: preambles,
       area: 'sidebar',
       // Ends with a newline: a one-line welcome message would render as a heading.
       welcomeMessage:
@@ -563,6 +876,14 @@ export class FrevaPanel extends Panel {
     this.addWidget(this._header);
     this.addWidget(this._threads);
     this.addWidget(this._chat);
+
+    // Goes into the chat's own DOM, right above its input, whenever the chat (re-)renders it.
+    this._contextBar = document.createElement('div');
+    this._contextBar.className = 'freva-gpt-context-bar';
+    this._contextRoot = createRoot(this._contextBar);
+    this._contextRoot.render(<ContextBar model={this.model} />);
+    this._chatObserver = new MutationObserver(() => this._placeContextBar());
+    this._chatObserver.observe(this._chat.node, { childList: true, subtree: true });
 
     // For people and tests: whether the list follows the stream.
     this._follower = new StreamFollower(this._chat.node, following => {
@@ -613,6 +934,22 @@ export class FrevaPanel extends Panel {
     }
   }
 
+  /** The menu of a thread (`args` of its commands: `threadId`, `topic`), below `anchor`. */
+  openThreadMenu(anchor: HTMLElement, args: ReadonlyJSONObject): void {
+    const menu = this._threadMenu;
+    menu.clearItems();
+    menu.addItem({ command: CommandIDs.exportNotebook, args });
+    menu.addItem({ command: CommandIDs.downloadNotebook, args });
+    const box = anchor.getBoundingClientRect();
+    menu.open(box.left, box.bottom);
+  }
+
+  /** Attach a notebook cell to the next question, in the chat (not the thread list). */
+  askAboutCell(context: ICellContext, question?: string): void {
+    this.showThreads(false);
+    this.model.askAboutCell(context, question);
+  }
+
   protected onAfterShow(): void {
     // The chat renders once the panel shows for the first time.
     requestAnimationFrame(() => {
@@ -628,6 +965,10 @@ export class FrevaPanel extends Panel {
       return;
     }
     this._follower.dispose();
+    this._chatObserver.disconnect();
+    this._contextRoot.unmount();
+    this._contextBar.remove();
+    this._threadMenu.dispose();
     Signal.clearData(this);
     super.dispose();
   }
@@ -665,11 +1006,26 @@ export class FrevaPanel extends Panel {
     this._refreshInput();
   }
 
+  /** Put the context bar right above the chat's input (again, after the chat re-rendered it). */
+  private _placeContextBar(): void {
+    const input = this._inputBox;
+    if (input?.isConnected && this._contextBar.nextElementSibling === input) {
+      return;
+    }
+    this._inputBox = this._chat.node.querySelector<HTMLElement>('.jp-chat-input-container');
+    this._inputBox?.parentElement?.insertBefore(this._contextBar, this._inputBox);
+  }
+
   private _header: ReactWidget;
   private _threads: ReactWidget;
   private _chat: ChatWidget;
   private _toolbar: InputToolbarRegistry;
   private _follower: StreamFollower;
+  private _threadMenu: MenuSvg;
+  private _contextBar: HTMLDivElement;
+  private _contextRoot: Root;
+  private _chatObserver: MutationObserver;
+  private _inputBox: HTMLElement | null = null;
   private _wasStreaming = false;
   private _viewChanged = new Signal<this, void>(this);
 }

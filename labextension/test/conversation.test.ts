@@ -455,3 +455,30 @@ describe('codeFromArguments', () => {
     expect(codeFromArguments('print(1)')).toBe('print(1)');
   });
 });
+
+describe('the cell a question is about', () => {
+  const cell = { source: 'ds.tas.plot()', outputs: '', notebook_path: 'a.ipynb' };
+
+  it('goes with the live user message', () => {
+    const c = new Conversation();
+    expect(c.addUser('Why?', cell)).toMatchObject({ kind: 'user', text: 'Why?', cellContext: cell });
+    expect(c.addUser('And?')).toMatchObject({ cellContext: null });
+  });
+
+  it("comes from a stored User variant's cell_context, an object or a JSON string", () => {
+    const c = stored([
+      { variant: 'User', content: 'Why?', cell_context: cell },
+      { variant: 'Assistant', content: 'Because.' },
+      { variant: 'User', content: 'And this?', cell_context: JSON.stringify(cell) },
+      { variant: 'User', content: 'Plain.' },
+      { variant: 'Assistant', content: 'x', cell_context: cell } as IRawVariant
+    ]);
+    expect(c.blocks.map(b => (b.kind === 'user' ? b.cellContext : b.kind))).toEqual([
+      cell,
+      'assistant',
+      cell,
+      null,
+      'assistant'
+    ]);
+  });
+});
