@@ -12,3 +12,10 @@ class ReadOnlyBobAuthorizer(Authorizer):
 
     def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
         return user.username != "bob" or action == "read"
+
+
+class NoContentsWritesAuthorizer(Authorizer):
+    """Anyone may use the chatbot, nobody may write the server's files (the contents API's `write`)."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return not (resource == "contents" and action == "write")

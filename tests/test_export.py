@@ -294,6 +294,21 @@ class TestReadOnlyUser:
         assert not (jp_root_dir / "b.ipynb").exists()
 
 
+class TestNoContentsWrites:
+    @pytest.fixture
+    def jp_server_config(self, jp_server_config: dict[str, Any]) -> dict[str, Any]:
+        config = copy.deepcopy(jp_server_config)
+        config["ServerApp"]["authorizer_class"] = "tests.authorizers.NoContentsWritesAuthorizer"
+        return config
+
+    async def test_the_chatbot_writes_no_file_the_user_may_not_write(self, api, jp_root_dir):
+        tid = await text_thread(api)
+        assert notebook_of(await api("exportthread", thread_id=tid)).cells
+        response = await api("exportthread", method="POST", raise_error=False, thread_id=tid, path="a.ipynb")
+        assert_detail(response, 403, "may not write files")
+        assert not (jp_root_dir / "a.ipynb").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Standalone: no files to write into
 # ---------------------------------------------------------------------------------------------------------------

@@ -209,7 +209,8 @@ class TestSlowKernel:
             await user.run("x = 20")
             for _ in range(3):  # the first connects (in time for the turn's code), the later ones ask
                 preview = body_json(await api("kernelcontext", kernel_id=user.kernel_id))
-                assert (preview["state"], preview["summary"]) == ("timeout", "")
+                # Too late, or the kernel still busy with the previous late question: no summary either way.
+                assert preview["state"] in ("timeout", "busy") and preview["summary"] == "", preview
             lines = await code_turn(api, "print(x + 22)", kernel_id=user.kernel_id)
             assert told_variables(fake_llm) is None
             # The kernel's late answers never pass for the code's.

@@ -44,6 +44,11 @@ class ExportThreadHandler(ChatbotHandler):
         thread_id = self.thread_param()
         show_tools = self.bool_param("show_tools", True)
         path = self.target_path()
+        if path is not None and not await ensure_async(
+            self.authorizer.is_authorized(self, self.current_user, "write", "contents")
+        ):
+            # The file lands among the user's files: whoever may not write those may only download.
+            raise ApiError(403, "You may not write files on this server: download the notebook instead.")
         overwrite = self.bool_param("overwrite", False)
         store = await self.store_for()
         info = await self.readable_thread(store, thread_id)

@@ -61,7 +61,8 @@ def _number(value):
     """The text of a number whose type is known to print itself safely; None for anything else."""
     cls = type(value)
     np = sys.modules.get("numpy")
-    if np is not None and issubclass(cls, (np.number, np.bool_)):
+    # numpy's own scalar types only: a subclass could override `item`.
+    if np is not None and _type_module(cls) == "numpy" and issubclass(cls, (np.number, np.bool_)):
         value = value.item()
         cls = type(value)
     if cls is bool:
@@ -112,6 +113,14 @@ def _listed(items, what):
     return shown
 
 
+def _dtype(dtype):
+    """A dtype as text when numpy or pandas writes it; a type name for anyone else's (their `__str__` is code)."""
+    module = _type_module(type(dtype))
+    if type(module) is str and module.split(".")[0] in ("numpy", "pandas"):
+        return _short(str(dtype))
+    return "<" + _type_text(type(dtype)) + ">"
+
+
 def _dims(obj):
     return "(" + ", ".join(_label(d) for d in obj.dims) + ")"
 
@@ -136,7 +145,9 @@ def _coordinates(obj):
         line = "  coordinate %s %s" % (_label(name), _dims(coord))
         index = indexes.get(name)
         try:
-            if index is not None and len(index):
+            # Ranges of numbers, dates and cftime dates only: comparing other objects runs their code.
+            ranged = index is not None and (index.dtype.kind in "iufmM" or _type_name(type(index)) == "CFTimeIndex")
+            if ranged and len(index):
                 low, high = _scalar(index.min()), _scalar(index.max())
                 if low is not None and high is not None:
                     line += ": %s .. %s" % (low, high)
@@ -151,20 +162,20 @@ def _describe(name, value, cls):
     np, pd, xr = sys.modules.get("numpy"), sys.modules.get("pandas"), sys.modules.get("xarray")
     if np is not None and cls is np.ndarray:
         shape = "(" + ", ".join(str(int(n)) for n in value.shape) + ")"
-        return int(value.nbytes), "%s: numpy.ndarray shape %s dtype %s" % (name, shape, _short(str(value.dtype)))
+        return int(value.nbytes), "%s: numpy.ndarray shape %s dtype %s" % (name, shape, _dtype(value.dtype))
     if pd is not None and cls is pd.DataFrame:
-        columns = _listed(("%s %s" % (_label(c), _short(str(t))) for c, t in value.dtypes.items()), "columns")
+        columns = _listed(("%s %s" % (_label(c), _dtype(t)) for c, t in value.dtypes.items()), "columns")
         size = int(value.memory_usage(index=True, deep=False).sum())
         return size, "%s: pandas.DataFrame %d rows; columns: %s" % (name, value.shape[0], ", ".join(columns))
     if pd is not None and cls is pd.Series:
         size = int(value.memory_usage(index=True, deep=False))
-        return size, "%s: pandas.Series %d rows dtype %s" % (name, value.shape[0], _short(str(value.dtype)))
+        return size, "%s: pandas.Series %d rows dtype %s" % (name, value.shape[0], _dtype(value.dtype))
     if xr is not None and cls is xr.Dataset:
         sizes = ", ".join("%s: %d" % (_label(d), int(n)) for d, n in value.sizes.items())
         lines = ["%s: xarray.Dataset dims {%s}" % (name, sizes)] + _coordinates(value)
         lines += _listed(
             (
-                "  variable %s %s %s%s" % (_label(k), _dims(v), _short(str(v.dtype)), _attributes(v))
+                "  variable %s %s %s%s" % (_label(k), _dims(v), _dtype(v.dtype), _attributes(v))
                 for k, v in value.data_vars.items()
             ),
             "data variables",
@@ -174,7 +185,7 @@ def _describe(name, value, cls):
         title = "" if value.name is None else " " + _label(value.name)
         shape = "(" + ", ".join(str(int(n)) for n in value.shape) + ")"
         head = "%s: xarray.DataArray%s %s shape %s %s%s" % (
-            name, title, _dims(value), shape, _short(str(value.dtype)), _attributes(value)
+            name, title, _dims(value), shape, _dtype(value.dtype), _attributes(value)
         )
         return int(value.nbytes), "\n".join([head] + _coordinates(value))
     number = _number(value)

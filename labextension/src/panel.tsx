@@ -694,6 +694,8 @@ function KernelContextView(props: { model: FrevaChatModel }): JSX.Element | null
   const [reads, setReads] = useState(0);
   // Tries left after a `timeout` (the server's first connection to a kernel may take longer than a read).
   const retries = useRef(0);
+  // The line itself: while the panel is collapsed nobody looks, and a read would run code in the kernel.
+  const line = useRef<HTMLDivElement>(null);
   const read = useCallback(() => {
     retries.current = KERNEL_CONTEXT_RETRIES;
     setReads(n => n + 1);
@@ -710,7 +712,9 @@ function KernelContextView(props: { model: FrevaChatModel }): JSX.Element | null
       }
       timer = setTimeout(() => {
         timer = null;
-        read();
+        if (line.current?.offsetParent) {
+          read();
+        }
       }, KERNEL_CONTEXT_DELAY);
     };
     model.notebook.executed.connect(later);
@@ -763,7 +767,7 @@ function KernelContextView(props: { model: FrevaChatModel }): JSX.Element | null
   const share = model.shareKernelContext;
   const { kind, text } = kernelContextText(name, share, current, trans);
   return (
-    <div className="freva-gpt-kernel-context" data-state={kind} title={target.path ?? ''}>
+    <div className="freva-gpt-kernel-context" data-state={kind} title={target.path ?? ''} ref={line}>
       {kind === 'shared' && info ? (
         <details
           className="freva-gpt-kernel-context-details"
