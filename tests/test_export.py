@@ -6,7 +6,9 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -346,3 +348,22 @@ class TestStandalone:
         assert notebook_of(await fetch("exportthread", thread_id=tid)).metadata["freva_gpt"]["thread_id"] == tid
         assert_detail(await fetch("exportthread", thread_id=tid, path="b.ipynb"), 422, "not available on this server")
         assert not (jp_root_dir / "b.ipynb").exists()
+
+
+class TestConfiguredKernelSpec:
+    """A thread whose code ran in its own kernels names the spec those kernels have (`kernel_spec`)."""
+
+    @pytest.fixture
+    def freva_config(self, jp_data_dir: Path) -> dict[str, Any]:
+        spec = jp_data_dir / "kernels" / "climate"
+        spec.mkdir(parents=True)
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+        spec.joinpath("kernel.json").write_text(
+            json.dumps({"argv": argv, "display_name": "Climate (Python)", "language": "python"})
+        )
+        return {"kernel_spec": "climate"}
+
+    async def test_the_kernelspec_is_the_threads_kernels(self, api):
+        tid = await text_thread(api)
+        kernelspec = notebook_of(await api("exportthread", thread_id=tid)).metadata["kernelspec"]
+        assert kernelspec == {"name": "climate", "display_name": "Climate (Python)", "language": "python"}

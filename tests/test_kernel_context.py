@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from freva_gpt_ext.tools.kernel_context import INTROSPECTION
 from tests.conftest import body_json, parse_lines
 from tests.fake_llm import FakeLLM
 from tests.test_kernel import UserKernel, code_turn, outputs, thread_of, wait_until
@@ -151,6 +152,7 @@ async def test_the_llm_sees_the_kernels_variables_never_their_values(api, jp_fet
             "summary": summary,
             "variables": question["kernel"]["variables"],
             "state": "ok",
+            "code": INTROSPECTION.strip(),  # what runs in the kernel, for the panel to show
         }
         for params in ({"user": "bob", "kernel_id": user.kernel_id}, {"kernel_id": "no-such-kernel"}):
             response = await api("kernelcontext", raise_error=False, **params)

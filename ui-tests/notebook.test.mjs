@@ -239,11 +239,17 @@ describe('the FrevaGPT panel in notebooks', { timeout: 600000 }, () => {
       { timeout: 60000 }
     );
     assert.equal(await context.getAttribute('data-state'), 'shared');
-    assert.match(await context.locator('summary').innerText(), /analysis\.ipynb/);
-    await context.locator('summary').click();
+    const summary = context.locator('.freva-gpt-kernel-context-details > summary');
+    assert.match(await summary.innerText(), /analysis\.ipynb/);
+    await summary.click();
     await page.waitForFunction(
       sel => /tas_marker/.test(document.querySelector(`${sel} .freva-gpt-kernel-summary`)?.textContent ?? ''),
       BAR
+    );
+    // The code that reads the kernel is shown as it runs there.
+    assert.match(
+      await context.locator('.freva-gpt-kernel-code pre').textContent(),
+      /user_expressions|namespace/
     );
     await screenshot('nb-4-kernel-context');
     // What the assistant's own code leaves in the kernel shows once its turn ended.

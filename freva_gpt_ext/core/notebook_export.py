@@ -73,13 +73,14 @@ class _Call:
     images: list[str] = field(default_factory=list)
 
 
-def thread_kernel(variants: list[Variant]) -> str:
-    """The kernel spec the thread's code last ran in, as its `User` variants recorded it; else python3."""
+def thread_kernel(variants: list[Variant], default: str = DEFAULT_KERNEL) -> str:
+    """The kernel spec the thread's code last ran in, as its `User` variants recorded it (a turn in a kernel the
+    request named); else `default`, the spec of the thread's own kernels."""
     for v in reversed(variants):
         spec = (v.kernel or {}).get("spec") if v.variant == USER else None
         if isinstance(spec, str) and spec:
             return spec
-    return DEFAULT_KERNEL
+    return default
 
 
 def notebook_filename(topic: str) -> str:

@@ -12,6 +12,7 @@ from jupyter_core.utils import ensure_async
 from tornado import web
 
 from ..core.notebook_export import (
+    DEFAULT_KERNEL,
     NOTEBOOK_MIME,
     SUFFIX,
     ExportedThread,
@@ -57,7 +58,7 @@ class ExportThreadHandler(ChatbotHandler):
             thread_id=thread_id,
             topic=info.topic,
             date=info.listing()["date"],
-            kernelspec=await self.kernelspec(thread_kernel(variants)),
+            kernelspec=await self.kernelspec(thread_kernel(variants, self.thread_kernel_spec())),
             freva_config=self.service.freva_config(self.request.headers),
         )
         # Off the loop: a thread with many figures makes a notebook of many megabytes to build and validate.
@@ -107,6 +108,12 @@ class ExportThreadHandler(ChatbotHandler):
             detail = err.log_message or err.reason or "The notebook could not be saved."
             raise ApiError(err.status_code, detail) from err
         return str(model["path"])
+
+    def thread_kernel_spec(self) -> str:
+        """The spec of this server's per-thread kernels: the configured `kernel_spec`, else the server's default."""
+        kernels = self.service.kernels
+        configured = kernels.kernel_name if kernels is not None else None
+        return configured or getattr(self.kernel_manager, "default_kernel_name", None) or DEFAULT_KERNEL
 
     async def kernelspec(self, name: str) -> dict[str, str]:
         """The kernel spec as notebook metadata; a spec this server lacks keeps its name (the notebook names what

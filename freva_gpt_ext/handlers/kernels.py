@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..tools.kernel_context import INTROSPECTION
 from .base import ApiError, ChatbotHandler
 
 
@@ -23,5 +24,7 @@ class KernelContextHandler(ChatbotHandler):
                 "summary": found.summary,
                 "variables": list(found.variables),
                 "state": found.state,
+                # The code that asked: fixed and ours, shown so that the user can see what runs in their kernel.
+                "code": INTROSPECTION.strip(),
             }
         )

@@ -60,6 +60,8 @@ export interface IKernelContext {
   variables: string[];
   /** Why the summary is empty: `off` (the server's setting), `busy`, `timeout`, `not_python`, `unavailable`. */
   state: 'ok' | 'off' | 'busy' | 'timeout' | 'not_python' | 'unavailable' | string;
+  /** The introspection code that runs (silently) in the kernel: fixed, the server's own. */
+  code?: string;
 }
 
 /** A thread exported as a notebook, to save. */

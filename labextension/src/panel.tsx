@@ -784,6 +784,12 @@ function KernelContextView(props: { model: FrevaChatModel }): JSX.Element | null
           <pre className="freva-gpt-kernel-summary" aria-label={trans.__('What the assistant is told')}>
             {info.summary}
           </pre>
+          {info.code && (
+            <details className="freva-gpt-kernel-code">
+              <summary>{trans.__('The code that reads it (runs silently in your kernel)')}</summary>
+              <pre>{info.code}</pre>
+            </details>
+          )}
         </details>
       ) : (
         <span className="freva-gpt-kernel-context-text">{text}</span>
