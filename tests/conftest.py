@@ -25,10 +25,16 @@ def serving(loop: Any, server: LocalServer) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def mongo_server() -> Iterator[MongoServer]:
-    """One secantusdb for the session; each test takes a database of its own (`unique_database()`)."""
+def mongo_session() -> Iterator[MongoServer]:
     with MongoServer() as server:
         yield server
+
+
+@pytest.fixture
+def mongo_server(mongo_session: MongoServer) -> MongoServer:
+    """One secantusdb for the session, started again when it stopped answering; each test takes a database of its
+    own (`unique_database()`)."""
+    return mongo_session.ensure_answering()
 
 
 @pytest.fixture

@@ -56,6 +56,27 @@ class MongoServer:
         self.stop()
         raise RuntimeError(f"secantusd-py did not listen on port {self.port} within {self.timeout} s")
 
+    def answers(self, timeout: float = 3.0) -> bool:
+        """Whether the server answers a `ping` within `timeout` seconds."""
+        from pymongo import MongoClient
+
+        client: MongoClient = MongoClient(self.uri, serverSelectionTimeoutMS=int(timeout * 1000))
+        try:
+            client.admin.command("ping")
+            return True
+        except Exception:
+            return False
+        finally:
+            client.close()
+
+    def ensure_answering(self) -> MongoServer:
+        """Start it afresh (on a new port) when it died or hangs: one beta server serves a long session."""
+        if self.proc is None or self.proc.poll() is not None or not self.answers():
+            self.stop()
+            self.port = free_port()
+            self.start()
+        return self
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
