@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
@@ -20,6 +21,7 @@ from .auth import BearerValidator, FrevaRestIdentityProvider, server_owner
 from .authorizer import ChatbotOnlyAuthorizer
 from .core.catalogue import NO_MODEL_HINT
 from .core.conversations import Conversations, TurnSettings
+from .core.discovery import ModelDiscovery, SocketOwners, default_endpoints, single_user
 from .core.llm import CatalogueError, LLMClient, ModelCatalogue
 from .core.orchestrator import Orchestrator
 from .core.prompts import PromptLibrary
@@ -63,6 +65,8 @@ _POSITIVE = (
     "store_busy_timeout",
     "mcp_refresh_interval",
     "kernel_context_timeout",
+    "model_discovery_interval",
+    "model_discovery_timeout",
 )
 _NON_NEGATIVE = (
     "kernel_idle_timeout",
@@ -110,6 +114,22 @@ class FrevaGPT(ExtensionApp):
     ).tag(config=True)
     openai_api_key = Unicode(
         "", help="API key sent to OpenAI-compatible endpoints whose catalogue entry has no `api_key`."
+    ).tag(config=True)
+    model_discovery = List(
+        Unicode(),
+        help="Without a model catalogue (litellm_config), ask these OpenAI-compatible servers (base URLs such as "
+        "http://127.0.0.1:11434/v1) for `GET <url>/models` and offer the chat models they list. Default: Ollama, "
+        "llama.cpp's server and vLLM on 127.0.0.1 (ports 11434, 8080, 8000), but none under JupyterHub "
+        "($JUPYTERHUB_USER) or standalone. A loopback server is used only when it runs as the server's own user or "
+        "a system account (FREVAGPT_MODEL_DISCOVERY: a JSON list; [] turns discovery off).",
+    ).tag(config=True)
+    model_discovery_interval = Float(
+        30.0,
+        help="Seconds between two rounds of model discovery while it found no model (a round starts when a client "
+        "asks for the models); once models are found, nobody is asked again until the server restarts.",
+    ).tag(config=True)
+    model_discovery_timeout = Float(
+        2.0, help="Seconds a server of model_discovery may take to list its models; a slower one counts as none."
     ).tag(config=True)
     llm_connect_timeout = Float(10.0, help="Seconds to wait for a connection to an LLM endpoint.").tag(config=True)
     llm_read_timeout = Float(
@@ -213,7 +233,7 @@ class FrevaGPT(ExtensionApp):
         help="Find out which optional packages (numpy, xarray, matplotlib, cartopy, freva_client, ...) the kernels "
         "have, once per kernel spec in a short-lived kernel of its own, in the background from the server's start "
         "(a notebook kernel's spec on its first use); the system prompt names only those, and none until the "
-        "probe has answered. Off: the prompt never names them.",
+        "probe has answered. Off, and on a kernel gateway (not probed yet): the prompt never names them.",
     ).tag(config=True)
 
     # -- prompts ------------------------------------------------------------------------------------------
@@ -233,6 +253,12 @@ class FrevaGPT(ExtensionApp):
     ).tag(config=True)
     kernel_root = Unicode(
         "", help="Folder of the per-thread kernel working folders; empty: <Jupyter root dir>/freva-gpt."
+    ).tag(config=True)
+    gateway_kernel_root = Unicode(
+        "",
+        help="With a kernel gateway (--GatewayClient.url): the working directory of per-thread kernels on the "
+        "gateway's hosts, sent as KERNEL_WORKING_DIR (Enterprise Gateway honours it with EG_MIRROR_WORKING_DIRS; "
+        "it must exist there). Empty: the gateway's own choice (kernel_root is the server's and may not exist there).",
     ).tag(config=True)
     memory_threads = Int(
         1000, min=1, help="Most threads kept in memory for `store_thread=false` (least recently used are dropped)."
@@ -350,6 +376,21 @@ class FrevaGPT(ExtensionApp):
             raise TraitError(str(err)) from err
         return proposal.value
 
+    @validate("model_discovery")
+    def _valid_model_discovery(self, proposal: Any) -> list[str]:
+        for url in proposal.value:
+            try:
+                parts = urlsplit(url)
+                valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+                parts.port  # noqa: B018 - raises for a port that is no number
+            except ValueError:
+                valid = False
+            if not valid:
+                raise TraitError(
+                    f"FrevaGPT.model_discovery takes base URLs such as 'http://127.0.0.1:11434/v1', not {url!r}."
+                )
+        return list(proposal.value)
+
     @validate("mongodb_write_concern")
     def _valid_write_concern(self, proposal: Any) -> str:
         value = str(proposal.value).strip()
@@ -398,6 +439,10 @@ class FrevaGPT(ExtensionApp):
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "freva_gpt")
+
+    @default("model_discovery")
+    def _default_model_discovery(self) -> list[str]:
+        return default_endpoints(os.environ, self.standalone)
 
     @default("kernel_root")
     def _default_kernel_root(self) -> str:
@@ -456,8 +501,25 @@ class FrevaGPT(ExtensionApp):
         else:
             # Inside Jupyter the user's JupyterLab runs on; the chatbot is degraded as for a broken catalogue.
             self.catalogue_problem = f"FrevaGPT configuration error: {problem}. Fix it and restart the server."
+        self.discovery: ModelDiscovery | None = None
+        if not self.catalogue_problem and not self.litellm_config and self.model_discovery:
+            owners = SocketOwners(single_user=single_user(os.environ, self.standalone))
+            self.discovery = ModelDiscovery(
+                self.model_discovery,
+                self.catalogue,
+                owners=owners,
+                timeout=self.model_discovery_timeout,
+                interval=self.model_discovery_interval,
+                log=self.log,
+            )
         if self.catalogue_problem:
             self.log.error("FrevaGPT runs without models: %s", self.catalogue_problem)
+        elif self.discovery is not None:
+            self.log.info(
+                "FrevaGPT has no model catalogue: asking %s for models (model_discovery, from %s)",
+                ", ".join(self.discovery.endpoints),
+                self._source("model_discovery"),
+            )
         elif not self.catalogue.names:
             self.log.warning("%s", NO_MODEL_HINT)
         else:
@@ -488,7 +550,8 @@ class FrevaGPT(ExtensionApp):
         self.tool_registry = ToolRegistry(tools, lambda: self.mcp_tools.offered)
         kernel_tool = self.tool_registry.get(KernelTool.name)
         self.kernel_probes: KernelProbes | None = None
-        if self.kernel_probe and isinstance(kernel_tool, KernelTool):
+        # The probe starts its kernel here, with jupyter_client: on a kernel gateway it would probe the wrong host.
+        if self.kernel_probe and isinstance(kernel_tool, KernelTool) and not kernel_tool.pool.gateway:
             self.kernel_probes = KernelProbes(
                 self.serverapp.kernel_spec_manager, env=kernel_tool.environment(), log=self.log
             )
@@ -499,6 +562,7 @@ class FrevaGPT(ExtensionApp):
             max_tool_rounds=self.max_tool_rounds,
             tool_result_chars=self.tool_result_chars,
             packages=self._kernel_packages if self.kernel_probes is not None else None,
+            tools_refused=self.discovery.without_tools if self.discovery is not None else None,
         )
         self.conversations = Conversations(
             TurnSettings(
@@ -606,6 +670,7 @@ class FrevaGPT(ExtensionApp):
             trust_proxy_headers=self.trust_proxy_headers,
             name_thread=self.name_thread,
             evaluation_system_config_file=self.evaluation_system_config_file,
+            discovery=self.discovery,
         )
 
     @property
@@ -653,6 +718,7 @@ class FrevaGPT(ExtensionApp):
                 kernel_env=self.kernel_env,
                 withheld_env=self.catalogue.env_references(),
                 folder_per_user=self.standalone,
+                gateway_kernel_root=self.gateway_kernel_root,
                 # Cut in the middle to fit what the LLM receives, with room for the call's error line.
                 max_output_chars=max(1000, self.tool_result_chars - 1000),
                 log=self.log,
@@ -672,6 +738,8 @@ class FrevaGPT(ExtensionApp):
         if not self._wired:
             return  # start-up failed (jupyter_server logged why); nothing to start
         self.stores.start()
+        if self.discovery is not None:
+            self.discovery.start()  # in the background: the server already answers without those models
         # In the background: the server answers (and turns run, without those tools) before any MCP server does.
         self.mcp_tools.start()
         kernel_tool = self.tool_registry.get(KernelTool.name)
@@ -709,6 +777,7 @@ class FrevaGPT(ExtensionApp):
             *getattr(self, "tool_registry", {}).values(),
             getattr(self, "mcp_tools", None),
             getattr(self, "kernel_probes", None),
+            getattr(self, "discovery", None),
             getattr(self, "llm", None),
             getattr(self, "bearer", None),
             getattr(self, "memory_store", None),

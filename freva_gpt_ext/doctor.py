@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import sqlite3
@@ -18,16 +19,20 @@ from pathlib import Path
 
 import httpx
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_server.gateway.gateway_client import GatewayClient
 from jupyter_server.serverapp import ServerApp
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from jupyter_server.utils import url_path_join
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from .app import AUTHORIZER_FIX, FrevaGPT, standalone_argv
 from .auth import SYSTEMUSER_PATH, FrevaRestIdentityProvider, server_owner
 from .authorizer import ChatbotOnlyAuthorizer
 from .core.catalogue import NO_MODEL_HINT
+from .core.discovery import ModelDiscovery, SocketOwners, single_user
 from .core.llm import LLMClient, LLMError, ModelCatalogue, ModelEntry, endpoint_url
 from .core.stores import VAULT_HEADER
-from .redact import mask_secrets, safe_url
+from .redact import host_of, mask_secrets, safe_url
 from .tools.kernel_env import kernel_environment
 from .tools.kernel_probe import NATURAL_EARTH, probe_kernel_spec
 from .tools.mcp import BUILTIN_NAME, UP, McpTools
@@ -85,6 +90,9 @@ async def check_models(
     if problem:
         report.fail("catalogue", problem, "fix the catalogue as said, then restart the server")
         return
+    if not catalogue.names and not app.litellm_config and app.model_discovery:
+        await check_discovery(app, report)
+        return
     if not catalogue.names:
         report.fail("catalogue", "no chat model", NO_MODEL_HINT)
         return
@@ -105,6 +113,39 @@ async def check_models(
         for model in catalogue.chat:
             await check_model(model, app, http, llm, report, probe)
     await llm.aclose()
+
+
+async def check_discovery(app: FrevaGPT, report: Report) -> None:
+    """One round of model discovery, as the server inside Jupyter starts it."""
+    quiet = logging.getLogger("freva_gpt_ext.doctor.discovery")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False  # the report says it once
+    found = ModelCatalogue([])
+    owners = SocketOwners(single_user=single_user(os.environ, app.standalone))
+    discovery = ModelDiscovery(
+        app.model_discovery,
+        found,
+        owners=owners,
+        timeout=app.model_discovery_timeout,
+        interval=app.model_discovery_interval,
+        log=quiet,
+    )
+    discovery.start()
+    try:
+        await discovery.settled(app.model_discovery_timeout + 30.0)
+    finally:
+        await discovery.aclose()
+    asked = ", ".join(host_of(url) for url in discovery.endpoints)
+    for refusal in discovery.refused.values():
+        report.warn("model discovery", refusal.sentence(), "stop that server, or run your own on a free port")
+    if found.names:
+        report.ok("model discovery", f"no catalogue; asked {asked}: found {', '.join(found.names)}")
+    else:
+        report.fail(
+            "model discovery",
+            f"no catalogue; asked {asked}: no chat model found",
+            f"start a model server there (e.g. Ollama), or: {NO_MODEL_HINT}",
+        )
 
 
 async def check_model(
@@ -299,6 +340,81 @@ async def check_mongodb(app: FrevaGPT, report: Report) -> None:
         )
 
 
+async def check_gateway(app: FrevaGPT, serverapp: ServerApp, report: Report) -> bool:
+    """The kernel gateway the server's kernels run on (--GatewayClient.url): reachable, taking our credentials,
+    with the kernel spec. False when there is none (the kernels are local)."""
+    gateway = GatewayClient(parent=serverapp)
+    if not gateway.gateway_enabled:
+        return False
+    where = safe_url(gateway.url or "")
+    # As the server sends them (headers, token, TLS), with timeouts for a check, not for a kernel start.
+    args = gateway.load_connection_args()
+    args["connect_timeout"], args["request_timeout"] = 10.0, 20.0
+    client = AsyncHTTPClient(force_instance=True)
+    answers: dict[str, HTTPResponse] = {}
+    try:
+        for name, endpoint in (("specs", gateway.kernelspecs_endpoint), ("kernels", gateway.kernels_endpoint)):
+            request = HTTPRequest(url_path_join(gateway.url or "", endpoint), **args)
+            answers[name] = await client.fetch(request, raise_error=False)
+    except Exception as err:
+        report.fail(
+            "kernel gateway",
+            f"{where} does not answer ({err})",
+            "start the gateway, or correct GatewayClient.url ($JUPYTER_GATEWAY_URL)",
+        )
+        return True
+    finally:
+        client.close()
+    specs = answers["specs"]
+    if specs.code in (401, 403):
+        report.fail(
+            "kernel gateway",
+            f"{where} refuses our credentials (HTTP {specs.code})",
+            "set GatewayClient.auth_token ($JUPYTER_GATEWAY_AUTH_TOKEN) to the gateway's token (KG_AUTH_TOKEN, "
+            "EG_AUTH_TOKEN)",
+        )
+        return True
+    try:
+        listed = json.loads(specs.body or b"{}") if specs.code == 200 else {}
+    except ValueError:
+        listed = {}
+    if not isinstance(listed, dict) or not isinstance(listed.get("kernelspecs"), dict):
+        report.fail(
+            "kernel gateway",
+            f"{where} answers HTTP {specs.code}, not with kernel specs",
+            "point GatewayClient.url at a Jupyter Kernel Gateway or Enterprise Gateway",
+        )
+        return True
+    names = sorted(listed["kernelspecs"])
+    wanted = app.kernel_spec or str(listed.get("default") or "")
+    report.ok("kernel gateway", f"{where} is reachable and takes our credentials; kernel specs: {', '.join(names)}")
+    if app.code_interpreter and wanted not in names:
+        report.fail(
+            "kernel gateway",
+            f"it has no kernel spec {wanted!r}",
+            "set kernel_spec to one of the gateway's, or install the spec on the gateway's hosts",
+        )
+    if answers["kernels"].code != 200:
+        report.fail(
+            "kernel gateway",
+            f"it does not list its kernels (HTTP {answers['kernels'].code}): JupyterLab's kernel list and culling fail",
+            "allow listing on the gateway: KG_LIST_KERNELS=True (Kernel Gateway)",
+        )
+    passed = {name.strip() for name in gateway.allowed_envs.split(",")}
+    needed = ["THREAD_ID"]
+    if app.evaluation_system_config_file or app.trust_proxy_headers:
+        needed.append("EVALUATION_SYSTEM_CONFIG_FILE")
+    missing = [name for name in needed if name not in passed]
+    if app.code_interpreter and missing:
+        report.warn(
+            "kernel gateway",
+            f"the kernels will not get {', '.join(missing)}",
+            f"add them to GatewayClient.allowed_envs and to the gateway's allow-list (KG_ENV_WHITELIST, "
+            f"EG_CLIENT_ENVS): --GatewayClient.allowed_envs={','.join(sorted(passed - {''} | set(needed)))}",
+        )
+    return True
+
+
 def check_kernel_folders(app: FrevaGPT, report: Report) -> None:
     if not app.code_interpreter:
         return
@@ -423,9 +539,10 @@ async def run(argv: list[str], probe: bool) -> int:
         report.fail("configuration", setting, "fix the option, the FREVAGPT_* variable or the config file it names")
     catalogue, problem = app.load_catalogue()
     await check_models(app, catalogue, problem, report, probe)
-    await check_kernel(app, serverapp, catalogue, report)
+    if not await check_gateway(app, serverapp, report):
+        await check_kernel(app, serverapp, catalogue, report)
+        check_kernel_folders(app, report)
     await check_store(app, report)
-    check_kernel_folders(app, report)
     await check_identity(app, serverapp, argv, report)
     await check_mcp(app, report)
     print("Problems found." if report.failed else "All checks passed.", flush=True)

@@ -80,6 +80,8 @@ def jp_server_config(tmp_path: Path, catalogue: Path, freva_config: dict[str, An
             "kernel_probe": False,
             # The server's owner: the notebook kernels (started through api/kernels) are alice's, not bob's.
             "owner": "alice",
+            # No model discovery (its default asks this machine's ports 11434, 8080, 8000); its tests turn it on.
+            "model_discovery": [],
             **freva_config,
         },
     }

@@ -12,7 +12,12 @@ As a command: ``python -m tests.fake_llm --port 0`` prints ``fake-llm listening 
 The behaviour comes from the request's model name (provider prefix stripped, unknown names behave as
 ``fake-text``) or from a directive in the last user message, e.g.
 ``[[fake:code code="print(1)" rounds=2]]``, ``[[fake:text tokens=100 delay=0.01]]`` or ``[[fake: chunk=3]]``
-(``surrogate=1`` puts a lone surrogate in the middle of the answer).
+(``surrogate=1`` puts a lone surrogate in the middle of the answer). ``fake-notools`` answers like Ollama does for a
+model without tool support (HTTP 400 "... does not support tools") when the request has ``tools``, else as
+``fake-text``; it is not listed by default.
+
+``GET /v1/models`` lists ``FakeLLM(models=[...])`` (``--models a,b`` as a command; default: the behaviours) and is
+recorded in ``server.listings``.
 
 The arguments of tool calls come in deltas of 8 characters of ``json.dumps(arguments)``; directive params shape
 them like real providers do: ``args_split=N`` (N characters per delta, 1: every character on its own),
@@ -48,6 +53,8 @@ from tests.local_server import LocalServer
 TOOL_BEHAVIOURS = ("fake-code", "fake-tool", "fake-two-tools", "fake-repeat-ids")
 BEHAVIOURS = ("fake-text", "fake-slow", "fake-stall", "fake-error", "fake-429", "fake-reset", "fake-malformed")
 BEHAVIOURS += TOOL_BEHAVIOURS
+# Understood, but neither listed by default nor in catalogue_yaml (existing tests see the same models).
+EXTRA_BEHAVIOURS = ("fake-notools",)
 DIRECTIVE = re.compile(r"""\[\[fake:((?:"(?:\\.|[^"\\])*"|'[^']*'|[^\]"'])*)\]\]""")
 _ids = itertools.count(1)
 
@@ -107,7 +114,8 @@ def parse_request(body: dict[str, Any]) -> tuple[str, dict[str, str], str]:
             model = model if model.startswith("fake-") else f"fake-{model}"
         params = dict(w.split("=", 1) for w in words if "=" in w)
         user = (user[: match.start()] + user[match.end() :]).strip()
-    behaviour = max((b for b in BEHAVIOURS if model.startswith(b)), key=len, default="fake-text")
+    known = BEHAVIOURS + EXTRA_BEHAVIOURS
+    behaviour = max((b for b in known if model.startswith(b)), key=len, default="fake-text")
     return behaviour, params, user
 
 
@@ -118,6 +126,10 @@ def plan(body: dict[str, Any]) -> Reply:
     def num(key: str, default: float) -> float:
         return float(p.get(key, default))
 
+    if behaviour == "fake-notools" and body.get("tools"):
+        model = str(body.get("model") or "").rsplit("/", 1)[-1]
+        message = f"registry.ollama.ai/library/{model} does not support tools"
+        return Reply(status=400, error={"message": message, "type": "api_error", "param": None, "code": None})
     if behaviour in ("fake-error", "fake-429"):
         status = int(num("status", 429 if behaviour == "fake-429" else 500))
         kind = {429: "rate_limit_exceeded"}.get(status, "server_error" if status >= 500 else "invalid_request_error")
@@ -214,7 +226,10 @@ class _Handler(tornado.web.RequestHandler):
             raise StreamClosedError()
 
     def get(self) -> None:
-        self.finish({"object": "list", "data": [{"id": b, "object": "model", "owned_by": "fake"} for b in BEHAVIOURS]})
+        headers = {k.lower(): v for k, v in self.request.headers.get_all()}
+        self.fake.listings.append(Recorded(self.request.path, headers, None))
+        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.fake.models]
+        self.finish({"object": "list", "data": data})
 
     async def post(self) -> None:
         try:
@@ -327,9 +342,12 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
 class FakeLLM(LocalServer):
     """The fake server; start it inside a running event loop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, models: list[str] | None = None) -> None:
         super().__init__(host, port)
         self.requests: list[Recorded] = []
+        # What GET /models lists, and every such GET (kept apart: `requests` are the POSTs tests count).
+        self.models = list(BEHAVIOURS if models is None else models)
+        self.listings: list[Recorded] = []
 
     @property
     def base_url(self) -> str:
@@ -361,8 +379,8 @@ def catalogue_yaml(base_url: str) -> str:
     return yaml.safe_dump({"model_list": models}, sort_keys=False)
 
 
-async def _main(host: str, port: int) -> None:
-    server = await FakeLLM(host, port).start()
+async def _main(host: str, port: int, models: list[str] | None) -> None:
+    server = await FakeLLM(host, port, models).start()
     done = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
     print(f"fake-llm listening on {server.base_url}", flush=True)
@@ -374,8 +392,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Fake OpenAI-compatible LLM server")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--models", default=None, help="comma-separated ids GET /models lists (default: behaviours)")
     args = parser.parse_args()
+    listed = [m for m in args.models.split(",") if m] if args.models is not None else None
     try:
-        asyncio.run(_main(args.host, args.port))
+        asyncio.run(_main(args.host, args.port, listed))
     except KeyboardInterrupt:
         pass

@@ -6,6 +6,7 @@ with a password (DummyAuthenticator, allow_all), a service whose role gives the 
     with hub:                                   # started; waits until the hub answers through its proxy
         hub.spawn("alice", "bob")               # user servers started side by side; waits until each is ready
         hub.token("alice")                      # a new API token of alice (scopes: her own server)
+        hub.server_pid("alice")                 # the pid of her server (the spawner's state)
         with hub.client("alice") as api:        # httpx on <hub>/user/alice/, sending that token
             api.get("api/chatbot/getuserthreads")
         with hub.browser("alice") as browser:   # logged in through /hub/login and OAuth: cookies only
@@ -121,7 +122,12 @@ c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
 c.Spawner.http_timeout = {int(self.ready_timeout)}
 c.JupyterHub.services = [{{"name": "tests", "api_token": {self.admin_token!r}}}]
 c.JupyterHub.load_roles = [
-    {{"name": "tests-admin", "scopes": ["admin:users", "admin:servers", "tokens"], "services": ["tests"]}}
+    {{
+        "name": "tests-admin",
+        # admin:server_state: the spawner's state (the user server's pid) in the user model.
+        "scopes": ["admin:users", "admin:servers", "admin:server_state", "tokens"],
+        "services": ["tests"],
+    }}
 ]
 """
 
@@ -196,13 +202,21 @@ c.JupyterHub.load_roles = [
         for user in users:
 
             def ready(user: str = user) -> bool:
-                model = self.api("GET", f"users/{user}").json()
-                if not (model.get("servers", {}).get("") or {}).get("ready"):
+                server = self.api("GET", f"users/{user}").json().get("servers", {}).get("")
+                if server is None:  # the hub forgets a server whose spawn failed: say why now, not at the deadline
+                    raise RuntimeError(f"the server of {user} failed to start:\n{self.log()}")
+                if not server.get("ready"):
                     return False
                 with httpx.Client(trust_env=False, timeout=10) as client:
                     return client.get(f"{self.server_url(user)}api/chatbot/ping").status_code == 200
 
             self._wait(ready, f"the server of {user} was not ready")
+
+    def server_pid(self, user: str) -> int:
+        """The pid of the user's single-user server, as the hub's spawner recorded it."""
+        model = self.api("GET", f"users/{user}")
+        assert model.status_code == 200, model.text
+        return int(model.json()["servers"][""]["state"]["pid"])
 
     def token(self, user: str) -> str:
         """An API token of `user` that reaches their own server (made once, then reused)."""

@@ -37,8 +37,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def clean_env(jupyter_dir: Path, **extra: str) -> dict[str, str]:
-    """The parent's environment without Jupyter/FrevaGPT settings, with private Jupyter dirs, plus `extra`."""
+def clean_env(jupyter_dir: Path, **extra: str | None) -> dict[str, str]:
+    """The parent's environment without Jupyter/FrevaGPT settings, with private Jupyter dirs, plus `extra` (a
+    None there removes the variable)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_PREFIXES) and k not in _LEAKY_NAMES}
     for name in ("config", "data", "runtime"):
         path = jupyter_dir / name
@@ -47,7 +48,13 @@ def clean_env(jupyter_dir: Path, **extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     # No probe kernel beside each test's server (as in tests/conftest.py); `extra` may turn it on.
     env["FREVAGPT_KERNEL_PROBE"] = "false"
-    env.update(extra)
+    # Nor model discovery, whose default asks whatever listens on this machine's 11434, 8080 and 8000.
+    env["FREVAGPT_MODEL_DISCOVERY"] = "[]"
+    for name, value in extra.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
@@ -64,16 +71,31 @@ def _stop(proc: subprocess.Popen, timeout: float) -> int:
 
 
 class FakeLLMProcess:
-    """`python -m tests.fake_llm --port 0` as a child; `base_url` is read from what it prints."""
+    """`python -m tests.fake_llm --port 0` as a child; `base_url` is read from what it prints. `port`, `models`
+    (what GET /models lists) and a command `prefix` (e.g. setpriv, to run it as another user) are optional."""
 
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        timeout: float = 30.0,
+        *,
+        port: int = 0,
+        models: list[str] | None = None,
+        prefix: list[str] | tuple[str, ...] = (),
+    ) -> None:
         self.timeout = timeout
+        self.port = port
+        self.models = models
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen | None = None
         self.base_url = ""
 
+    def command(self) -> list[str]:
+        listed = ["--models", ",".join(self.models)] if self.models is not None else []
+        return [*self.prefix, sys.executable, "-m", "tests.fake_llm", "--port", str(self.port), *listed]
+
     def start(self) -> FakeLLMProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_llm", "--port", "0"],
+            self.command(),
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE,
@@ -119,7 +141,7 @@ class ServerProcess:
         workdir: Path,
         *,
         args: list[str] | tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
         standalone: bool = False,
         base_url: str = "/",
         ready_timeout: float = 90.0,

@@ -2,10 +2,17 @@
 user's token does not open another user's server, and each chatbot route given another user's thread or kernel id
 knows nothing of it (API.md: an unknown thread id is a new thread with that id, an unknown kernel 404); the code
 the assistant runs never sees the hub's token of the server.
+
+End to end (issue 15): the extension is loaded in each user's server, a slow answer streams through the hub's
+proxy line by line, code runs in a kernel that is a child of that user's own server, and the panel's assets load
+under /user/<name>/lab.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from typing import Any
 
 import httpx
@@ -117,3 +124,69 @@ def test_a_kernel_on_the_hub_gets_no_hub_token(hub: Hub) -> None:
     with hub.client("alice") as alice:
         lines = turn(alice, input=f'[[fake:code code="{code}"]]', chatbot="fake-code")
     assert [line["content"] for line in lines if line["variant"] == "CodeOutput"] == ["[]\n"], lines
+
+
+# -- the extension end to end through the hub's proxy (issue 15) -------------------------------------------------
+
+
+def test_the_extension_is_loaded_in_each_users_server(hub: Hub) -> None:
+    for user in ("alice", "bob"):
+        with hub.client(user) as api:
+            ping = api.get("api/chatbot/ping")
+            assert ping.status_code == 200 and ping.json()["status"] == "ok", (user, ping.text)
+            models = api.get("api/chatbot/availablechatbots")
+            assert models.status_code == 200, (user, models.text)
+            assert {"fake-text", "fake-code"} <= set(models.json()), (user, models.json())
+            assert "fake-embedding" not in models.json()
+
+
+def test_a_turn_streams_through_the_proxy_line_by_line(hub: Hub) -> None:
+    """12 words 0.25 s apart: each line passes the proxy when it is written, not when the answer is complete."""
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    with hub.client("alice") as alice:
+        body = {"input": "[[fake:text tokens=12 delay=0.25]]", "chatbot": "fake-text"}
+        with alice.stream("POST", "api/chatbot/streamresponse", json=body) as response:
+            assert response.status_code == 200, response.read()
+            for line in response.iter_lines():
+                if line:
+                    arrivals.append((time.monotonic(), json.loads(line)))
+    end = arrivals[-1][0]
+    assert arrivals[0][1]["variant"] == "ServerHint" and arrivals[-1][1]["variant"] == "StreamEnd", arrivals
+    words = [(at, line["content"]) for at, line in arrivals if line["variant"] == "Assistant" and line["content"]]
+    assert "".join(text for _, text in words).split() == [f"tok{i}" for i in range(12)], words
+    assert words[-1][0] - words[0][0] >= 1.5, f"the answer arrived in one burst: {words}"
+    assert end - arrivals[0][0] >= 1.5, "the first line waited for the end of the answer"
+
+
+def test_code_runs_in_a_kernel_of_that_users_server(hub: Hub) -> None:
+    code = (
+        "import os; from ipykernel.connect import get_connection_file; "
+        "print(os.getppid(), os.path.basename(get_connection_file()))"
+    )
+    with hub.client("alice") as alice, hub.client("bob") as bob:
+        lines = turn(alice, input=f'[[fake:code code="{code}"]]', chatbot="fake-code")
+        output = "".join(line["content"] for line in lines if line["variant"] == "CodeOutput")
+        parent, connection_file = output.split()
+        assert int(parent) == hub.server_pid("alice"), (output, hub.server_pid("alice"))
+        kernel_id = connection_file.removeprefix("kernel-").removesuffix(".json")
+        assert kernel_id in {k["id"] for k in alice.get("api/kernels").json()}, (kernel_id, lines)
+        assert kernel_id not in {k["id"] for k in bob.get("api/kernels").json()}
+        assert int(parent) != hub.server_pid("bob")
+
+
+def test_the_panels_assets_load_under_the_users_lab(hub: Hub) -> None:
+    with hub.browser("alice") as browser:
+        lab = browser.get("lab")
+        assert lab.status_code == 200, lab.text[:500]
+        match = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', lab.text, re.S)
+        assert match, lab.text[:2000]
+        page_config = json.loads(match.group(1))
+        panel = [e for e in page_config.get("federated_extensions", []) if e["name"] == "freva-gpt-ext"]
+        assert panel, page_config.get("federated_extensions")
+        assert re.fullmatch(r"static/remoteEntry\.[0-9a-f]+\.js", panel[0]["load"]), panel
+        url = f"{hub.server_url('alice')}lab/extensions/freva-gpt-ext/{panel[0]['load']}"
+        assert page_config["fullLabextensionsUrl"].rstrip("/") == "/user/alice/lab/extensions", page_config
+        entry = browser.get(url)
+        assert entry.status_code == 200, (url, entry.status_code)
+        assert "javascript" in entry.headers["content-type"], entry.headers
+        assert "freva-gpt-ext" in entry.text

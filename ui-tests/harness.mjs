@@ -32,7 +32,7 @@ export function freePort() {
 }
 
 /** A child process whose output goes to a log file; stopped with SIGTERM (then SIGKILL). */
-class Child {
+export class Child {
   constructor(name, command, args, options, logDir) {
     this.name = name;
     this.log = join(logDir, `${name}.log`);
@@ -95,10 +95,13 @@ async function waitFor(what, check, timeoutMs, child) {
 export class Harness {
   /**
    * `catalogue`: the model catalogue's text (written to `this.catalogue`), `null` for none at all; by default
-   * the fake LLM runs and the catalogue lists its models.
+   * the fake LLM runs and the catalogue lists its models. `env`: more of JupyterLab's environment; model
+   * discovery is off unless it sets FREVAGPT_MODEL_DISCOVERY (a model server on this machine must not
+   * change what the tests see).
    */
-  constructor({ catalogue } = {}) {
+  constructor({ catalogue, env } = {}) {
     this.catalogueText = catalogue;
+    this.env = env ?? {};
   }
 
   async start() {
@@ -186,7 +189,9 @@ export class Harness {
           JUPYTERLAB_WORKSPACES_DIR: join(this.tmp, 'workspaces'),
           ...(this.catalogue ? { FREVAGPT_LITELLM_CONFIG: this.catalogue } : {}),
           FREVAGPT_DATA_DIR: join(this.tmp, 'freva-data'),
-          FREVAGPT_HEARTBEAT_INTERVAL: '0.5'
+          FREVAGPT_HEARTBEAT_INTERVAL: '0.5',
+          FREVAGPT_MODEL_DISCOVERY: '[]',
+          ...this.env
         })
       },
       this.logs

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,9 +31,11 @@ _ENV_REF = re.compile(r"^os\.environ/(\w+)$")
 class LLMError(Exception):
     """The LLM failed; the turn reports it as a `ServerError`."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        # The provider's own words, when it answered (what a fallback may read without matching our names).
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,9 @@ class ModelEntry:
     name: str
     params: Mapping[str, Any]
     info: Mapping[str, Any] = field(default_factory=dict)
+    # Found by asking a server for its models (core.discovery), not listed by an admin: it never gets the
+    # server's default key, and it loses its tools when its server refuses them.
+    discovered: bool = False
 
     @property
     def provider_model(self) -> str:
@@ -114,6 +119,25 @@ class ModelCatalogue:
 
     def get(self, name: str | None) -> ModelEntry | None:
         return self._by_name.get(name or self.default_name or "")
+
+    def offer(self, entries: list[ModelEntry]) -> None:
+        """Discovered models join the chat models (after the catalogue's own, names already taken skipped); the
+        first becomes the default when there was none."""
+        for entry in entries:
+            if entry.is_chat and entry.name not in self._by_name:
+                self.chat.append(entry)
+                self._by_name[entry.name] = entry
+        self.default_name = self.default_name or (self.chat[0].name if self.chat else None)
+
+    def without_tools(self, name: str) -> ModelEntry | None:
+        """Mark the model `name` as one that takes no tools; the new entry, or None when it had none already."""
+        entry = self._by_name.get(name)
+        if entry is None or not entry.supports_tools:
+            return None
+        replaced = replace(entry, info={**entry.info, "supports_function_calling": False})
+        self._by_name[name] = replaced
+        self.chat = [replaced if e.name == name else e for e in self.chat]
+        return replaced
 
     def env_references(self) -> set[str]:
         """Names of the server's variables the catalogue reads through `os.environ/NAME` (keys, mostly)."""
@@ -213,7 +237,8 @@ class LLMClient:
         await self._http.aclose()
 
     def _headers(self, model: ModelEntry) -> dict[str, str]:
-        key = model.param("api_key") or self._default_api_key
+        # The default key is for the endpoints an admin configured, not for whatever answered a discovery.
+        key = model.param("api_key") or (None if model.discovered else self._default_api_key)
         headers = {"Accept": "text/event-stream"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -356,7 +381,7 @@ class LLMClient:
             parts.append("answer: " + mask_secrets(raw[:4096].decode(errors="replace"), secrets)[:300])
         self._log.warning("%s", mask_secrets("; ".join(parts), secrets))
         text = f"The model {model.name!r} ({host_of(endpoint)}) {problem}" + (f": {detail}" if detail else "")
-        return LLMError(mask_secrets(text, secrets), status)
+        return LLMError(mask_secrets(text, secrets), status, mask_secrets(detail, secrets))
 
     def _secrets(self, model: ModelEntry) -> list[str]:
         extra = model.params.get("extra_headers")

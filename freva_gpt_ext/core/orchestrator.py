@@ -28,7 +28,7 @@ from ..variants import (
     with_figures,
 )
 from .code_arguments import CodeArguments
-from .llm import LLMClient, ModelEntry
+from .llm import Delta, LLMClient, LLMError, ModelEntry
 from .prompts import PromptLibrary, build_messages
 
 
@@ -98,6 +98,7 @@ class Orchestrator:
         max_tool_rounds: int,
         tool_result_chars: int,
         packages: Callable[[ToolContext], Awaitable[Mapping[str, str] | None]] | None = None,
+        tools_refused: Callable[[ModelEntry], None] | None = None,
     ) -> None:
         self.llm = llm
         self.prompts = prompts
@@ -106,6 +107,8 @@ class Orchestrator:
         self.packages = packages
         self.max_tool_rounds = max_tool_rounds
         self.tool_result_chars = tool_result_chars
+        # Told when a discovered model's server refused tools (its later turns then send none).
+        self.tools_refused = tools_refused
 
     async def run(self, turn: TurnInput) -> AsyncIterator[Variant]:
         model = turn.model
@@ -133,7 +136,7 @@ class Orchestrator:
             # Text that comes once a call has begun waits for the calls' results: a call's Code and its output
             # stay together, on the wire, in the store and in the history the LLM is sent again.
             late: list[str] = []
-            async for delta in self.llm.stream(model, messages, specs):
+            async for delta in self._answer(model, messages, specs):
                 if delta.text:
                     text.append(delta.text)
                     if calls:
@@ -201,6 +204,28 @@ class Orchestrator:
             f"The assistant used tools {self.max_tool_rounds} times in a row without answering; "
             "stopped here. Ask again or narrow the request.",
         )
+
+    async def _answer(
+        self, model: ModelEntry, messages: list[dict[str, Any]], specs: list[dict[str, Any]]
+    ) -> AsyncIterator[Delta]:
+        """The LLM's answer. A discovered model whose server refuses tools before answering (Ollama's "does not
+        support tools", llama.cpp without --jinja, vLLM without --enable-auto-tool-choice) is asked again at once
+        without them; `specs` is emptied, so the rest of the turn sends none either."""
+        answered = False
+        try:
+            async for delta in self.llm.stream(model, messages, specs):
+                answered = True
+                yield delta
+            return
+        except LLMError as err:
+            retry = bool(specs) and model.discovered and "tool" in err.detail.lower() and self.tools_refused is not None
+            if answered or not retry:
+                raise
+        assert self.tools_refused is not None
+        self.tools_refused(model)
+        specs.clear()
+        async for delta in self.llm.stream(model, messages, specs):
+            yield delta
 
     @staticmethod
     def _stream_code(call: _Call) -> list[Variant]:

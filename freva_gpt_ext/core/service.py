@@ -16,7 +16,9 @@ from ..tools.base import Tool, ToolContext
 from ..tools.kernel_context import OFF, UNAVAILABLE, KernelContext, KernelSummary
 from ..tools.kernel_pool import freva_config_file
 from ..variants import Variant
+from .catalogue import NO_MODEL_HINT
 from .conversations import Conversations, ThreadBusy, Turn
+from .discovery import ModelDiscovery
 from .llm import ModelCatalogue, ModelEntry
 from .orchestrator import Orchestrator, TurnInput
 from .turns import thread_for
@@ -89,6 +91,14 @@ class ChatService:
     name_thread: Callable[[str], Awaitable[str]]
     # The `evaluation_system_config_file` setting (per-thread kernels get it, or a trusted proxy's header).
     evaluation_system_config_file: str = ""
+    # Finds models without a catalogue; None when a catalogue is configured or discovery is off.
+    discovery: ModelDiscovery | None = None
+
+    def no_model_detail(self) -> str:
+        """Why there is no model to choose: the broken configuration, what discovery saw, or how to add one."""
+        if self.catalogue_problem:
+            return self.catalogue_problem
+        return self.discovery.detail() if self.discovery is not None else NO_MODEL_HINT
 
     async def store_for(self, headers: Mapping[str, str]) -> ThreadStore:
         """The persistent thread store serving a request with these headers (the vault's, when the proxy is

@@ -7,12 +7,11 @@ import json
 from jupyter_server.auth.decorator import allow_unauthenticated
 
 from .. import __version__
-from ..core.catalogue import NO_MODEL_HINT
 from ..core.turns import new_thread_id
 from .base import ApiError, ChatbotHandler
 from .spec import BY_NAME, ROUTES, docs_markdown, help_text, openapi
 
-# Why `availablechatbots` is empty (no catalogue, or a broken one).
+# Why `availablechatbots` is empty (no catalogue, a broken one, or what model discovery saw).
 DETAIL_HEADER = "X-FrevaGPT-Detail"
 
 
@@ -67,10 +66,14 @@ class AvailableChatbotsHandler(ChatbotHandler):
     route_name = "availablechatbots"
 
     async def handle(self) -> None:
-        names = self.service.catalogue.names
+        service = self.service
+        if service.discovery is not None:
+            # Never waited for: a round it starts shows its models on a later ask (the panel asks again).
+            service.discovery.poke()
+        names = service.catalogue.names
         if not names:
             # Clients expect a list: the reason rides along in a header (the whole text is in `ping`).
-            self.set_header(DETAIL_HEADER, header_line(self.service.catalogue_problem or NO_MODEL_HINT))
+            self.set_header(DETAIL_HEADER, header_line(service.no_model_detail()))
         self.reply(names)
 
 

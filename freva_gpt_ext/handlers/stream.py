@@ -7,7 +7,6 @@ import json
 from tornado.iostream import StreamClosedError
 
 from ..auth import BearerValidator
-from ..core.catalogue import NO_MODEL_HINT
 from ..core.service import TurnRequest
 from .base import ApiError, ChatbotHandler, check_value
 
@@ -23,7 +22,9 @@ class StreamHandler(ChatbotHandler):
         service = self.service
         catalogue = service.catalogue
         if not catalogue.names:
-            raise ApiError(503, service.catalogue_problem or NO_MODEL_HINT)
+            if service.discovery is not None:
+                service.discovery.poke()
+            raise ApiError(503, service.no_model_detail())
         # Validate everything before the first line: afterwards only in-stream errors are possible.
         user_input = self.str_param("input", required=True) or ""
         cell_context = self.cell_context_param()
@@ -37,6 +38,11 @@ class StreamHandler(ChatbotHandler):
         if model is None:
             valid = ", ".join(catalogue.names)
             raise ApiError(422, f"The parameter 'chatbot' names no model ('{chatbot}'). Valid: {valid}.")
+        if service.discovery is not None:
+            # Who listens on a discovered model's port may have changed since it was found.
+            refusal = await service.discovery.refusal_for(model)
+            if refusal:
+                raise ApiError(503, refusal, "Model server not trusted")
         store_thread = self.bool_param("store_thread", True)
         show_tools = self.bool_param("show_tools", False)
         replay_forked_code = self.bool_param("replay_forked_code", False)

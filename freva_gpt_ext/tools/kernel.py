@@ -1,6 +1,6 @@
 """`code_interpreter`: the LLM's Python runs in a Jupyter kernel of the server's own kernel manager.
 
-Which kernel (`kernel_pool.py` keeps them):
+Which kernel (`kernel_pool.py` keeps them; on a kernel gateway the same, there):
 - the user's notebook kernel when the turn names one (`kernel_id`, or the kernel of `notebook_path`): the
   assistant sees and creates the notebook's variables. We never shut down, restart or cull it; our executions
   leave its execution counter, `Out` and `_` alone;
@@ -104,6 +104,7 @@ class KernelTool:
         kernel_env: Iterable[str] = (),
         withheld_env: Collection[str] = (),
         folder_per_user: bool = False,
+        gateway_kernel_root: str = "",
         max_output_chars: int = 20_000,
         max_images: int = 20,
         ready_timeout: float = 60.0,
@@ -121,6 +122,7 @@ class KernelTool:
             kernel_env=kernel_env,
             withheld_env=withheld_env,
             folder_per_user=folder_per_user,
+            gateway_kernel_root=gateway_kernel_root,
             log=self.log,
         )
         self.kernel_name = self.pool.kernel_name

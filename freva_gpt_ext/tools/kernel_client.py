@@ -1,7 +1,11 @@
-"""Our own client of one Jupyter kernel, and one execution on it.
+"""Our own connection to one Jupyter kernel, and one execution on it.
+
+`KernelConnection` is what the pool, the code tool and the kernel context use; two kinds implement it:
+`ZmqKernelConnection` (here) for kernels of the server's own kernel manager, and `GatewayConnection`
+(`gateway_connection.py`) for kernels on a Jupyter kernel gateway.
 
 The kernel may be the user's notebook kernel, with JupyterLab connected to it as well. So we never borrow the
-manager's client or session (replies could reach the wrong socket): a client of our own, with a session of its
+manager's client or session (replies could reach the wrong socket): a connection of our own, with a session of its
 own, reads only the IOPub messages whose parent is our request. Stdin is never offered (nobody could answer).
 """
 
@@ -11,6 +15,7 @@ import asyncio
 import inspect
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from queue import Empty
 from typing import Any
@@ -66,31 +71,126 @@ async def maybe_await(value: Any) -> Any:
     return value
 
 
-class KernelConnection:
-    """A client of one kernel of the server's kernel manager; `lock` serialises our executions on it."""
+class KernelConnection(ABC):
+    """Our connection to one kernel of the server's kernel manager; `lock` serialises our executions on it."""
 
-    def __init__(
-        self, kernel_manager: Any, kernel_id: str, context: zmq.asyncio.Context, *, thread_id: str | None = None
-    ) -> None:
+    def __init__(self, kernel_manager: Any, kernel_id: str, *, thread_id: str | None = None) -> None:
         self.km = kernel_manager
         self.kernel_id = kernel_id
         # The thread whose own kernel this is; None for a user's notebook kernel (never shut down by us).
         self.thread_id = thread_id
-        self.context = context
-        self.client: AsyncKernelClient | None = None
         self.lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self.ipython = False
         # `language_info.name` of the kernel's kernel_info reply ("" until connected).
         self.language = ""
         self.closed = False
-        self._pid: int | None = None
-        self._replies: dict[str, dict[str, Any]] = {}
 
     # -- the kernel ---------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.kernel_id in self.km
 
+    @abstractmethod
+    async def alive(self) -> bool:
+        """Still the same, living kernel (a restarted kernel keeps its id but loses its state)."""
+
+    @abstractmethod
+    def server_busy(self) -> bool:
+        """Busy with someone's execute request (the user's cell, a console), as far as we can tell."""
+
+    async def interrupt(self) -> None:
+        try:
+            await maybe_await(self.km.interrupt_kernel(self.kernel_id))
+        except Exception as err:
+            if not await self.alive():
+                raise KernelGone(f"The kernel {self.kernel_id} is gone.") from err
+            raise
+
+    # -- connecting ---------------------------------------------------------------------------------------
+    @abstractmethod
+    async def connect(self, timeout: float) -> None:
+        """Open the connection and wait until the kernel answers and its IOPub delivers to us (else
+        `KernelGone` or `TimeoutError`); sets `language` and `ipython` from the kernel's kernel_info."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop reading; the kernel itself is left alone."""
+
+    def _kernel_info(self, reply: Mapping[str, Any]) -> None:
+        info = reply.get("content") or {}
+        self.language = str((info.get("language_info") or {}).get("name", ""))
+        self.ipython = self.language == "python" and info.get("implementation") == "ipython"
+
+    # -- executing ----------------------------------------------------------------------------------------
+    def execute(self, code: str, *, store_history: bool, guard: bool) -> str:
+        """Queue our code on the kernel's shell channel; the request's msg_id."""
+        metadata: dict[str, Any] = {}
+        if guard:
+            cell_id = f"freva-gpt-{uuid.uuid4().hex}"
+            metadata["cellId"] = cell_id
+            # Silent: no execute_input, no counter, no history. Its output and reply are nobody's and filtered out.
+            self._send_execute(_GUARD.format(cell_id=cell_id), silent=True)
+        return self._send_execute(code, silent=False, store_history=store_history, metadata=metadata)
+
+    def evaluate(self, expressions: Mapping[str, str]) -> str:
+        """Queue a silent request that evaluates `expressions` in the kernel's namespace: no execute_input, no
+        output, no history, the execution counter untouched; the values come in the execute reply's
+        `user_expressions` (see `reply`). The request's msg_id."""
+        return self._send_execute("", silent=True, user_expressions=expressions)
+
+    def _send_execute(
+        self,
+        code: str,
+        *,
+        silent: bool,
+        store_history: bool = False,
+        user_expressions: Mapping[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": store_history,
+            "user_expressions": dict(user_expressions or {}),
+            "allow_stdin": False,
+            # True would make ipykernel abort every request queued behind a failing one: the user's too.
+            "stop_on_error": False,
+        }
+        return self._send("shell", "execute_request", content, metadata or {})
+
+    @abstractmethod
+    def _send(self, channel: str, msg_type: str, content: dict[str, Any], metadata: dict[str, Any]) -> str:
+        """Send a request of ours on `channel` ("shell" or "control"); its msg_id. `KernelGone` when closed."""
+
+    @abstractmethod
+    async def reply(self, msg_id: str, until: float) -> dict[str, Any] | None:
+        """Our request's reply, waiting until `until` (None: none by then); replies to other requests are
+        skipped."""
+
+    @abstractmethod
+    async def poll_reply(self, msg_id: str) -> dict[str, Any] | None:
+        """Our reply if it is already there (an aborted request gets one without any IOPub message); it stays
+        there for `reply`."""
+
+    @abstractmethod
+    async def next_iopub(self, msg_id: str, timeout: float) -> dict[str, Any] | None:
+        """The next IOPub message that may belong to request `msg_id`, or None when none comes within `timeout`.
+        The caller still checks the parent: a connection may hand over other messages too."""
+
+
+class ZmqKernelConnection(KernelConnection):
+    """A ZMQ client of one kernel of the server's own (local) kernel manager."""
+
+    def __init__(
+        self, kernel_manager: Any, kernel_id: str, context: zmq.asyncio.Context, *, thread_id: str | None = None
+    ) -> None:
+        super().__init__(kernel_manager, kernel_id, thread_id=thread_id)
+        self.context = context
+        self.client: AsyncKernelClient | None = None
+        self._pid: int | None = None
+        self._replies: dict[str, dict[str, Any]] = {}
+
+    # -- the kernel ---------------------------------------------------------------------------------------
     def _kernel(self) -> Any:
         return self.km.get_kernel(self.kernel_id)
 
@@ -115,14 +215,6 @@ class KernelConnection:
             return getattr(self._kernel(), "execution_state", None) == "busy"
         except KeyError:
             return False
-
-    async def interrupt(self) -> None:
-        try:
-            await maybe_await(self.km.interrupt_kernel(self.kernel_id))
-        except Exception as err:
-            if not await self.alive():
-                raise KernelGone(f"The kernel {self.kernel_id} is gone.") from err
-            raise
 
     # -- connecting ---------------------------------------------------------------------------------------
     async def connect(self, timeout: float) -> None:
@@ -164,9 +256,7 @@ class KernelConnection:
                 # Kernels without kernel_info on control (not ipykernel) get it on shell, and vice versa.
                 channel = client.shell_channel if channel is client.control_channel else client.control_channel
             else:
-                info = reply.get("content") or {}
-                self.language = str((info.get("language_info") or {}).get("name", ""))
-                self.ipython = self.language == "python" and info.get("implementation") == "ipython"
+                self._kernel_info(reply)
                 if await self._iopub_answers(client, msg_id, time.monotonic() + 0.5):
                     return
             if not await self.alive():
@@ -192,43 +282,10 @@ class KernelConnection:
             self.client = None
 
     # -- executing ----------------------------------------------------------------------------------------
-    def execute(self, code: str, *, store_history: bool, guard: bool) -> str:
-        """Queue our code on the kernel's shell channel; the request's msg_id."""
-        metadata: dict[str, Any] = {}
-        if guard:
-            cell_id = f"freva-gpt-{uuid.uuid4().hex}"
-            metadata["cellId"] = cell_id
-            # Silent: no execute_input, no counter, no history. Its output and reply are nobody's and filtered out.
-            self._send_execute(_GUARD.format(cell_id=cell_id), silent=True)
-        return self._send_execute(code, silent=False, store_history=store_history, metadata=metadata)
-
-    def evaluate(self, expressions: Mapping[str, str]) -> str:
-        """Queue a silent request that evaluates `expressions` in the kernel's namespace: no execute_input, no
-        output, no history, the execution counter untouched; the values come in the execute reply's
-        `user_expressions` (see `reply`). The request's msg_id."""
-        return self._send_execute("", silent=True, user_expressions=expressions)
-
-    def _send_execute(
-        self,
-        code: str,
-        *,
-        silent: bool,
-        store_history: bool = False,
-        user_expressions: Mapping[str, str] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> str:
+    def _send(self, channel: str, msg_type: str, content: dict[str, Any], metadata: dict[str, Any]) -> str:
         client = self._require_client()
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": store_history,
-            "user_expressions": dict(user_expressions or {}),
-            "allow_stdin": False,
-            # True would make ipykernel abort every request queued behind a failing one: the user's too.
-            "stop_on_error": False,
-        }
-        request = client.session.msg("execute_request", content, metadata=metadata or {})
-        client.shell_channel.send(request)
+        request = client.session.msg(msg_type, content, metadata=metadata)
+        (client.control_channel if channel == "control" else client.shell_channel).send(request)
         return str(request["header"]["msg_id"])
 
     def _require_client(self) -> AsyncKernelClient:
@@ -237,27 +294,30 @@ class KernelConnection:
         return self.client
 
     async def reply(self, msg_id: str, until: float) -> dict[str, Any] | None:
-        """Our execute reply (replies to earlier, abandoned requests are skipped)."""
         if msg_id in self._replies:
             return self._replies.pop(msg_id)
         client = self._require_client()
         return await _reply_on(client.shell_channel, msg_id, until)
 
     async def poll_reply(self, msg_id: str) -> dict[str, Any] | None:
-        """Our reply if it is already there (an aborted request gets one without any IOPub message)."""
         client = self._require_client()
         while True:
             try:
                 msg = await client.get_shell_msg(timeout=0)
             except Empty:
-                return self._replies.pop(msg_id, None)
+                return self._replies.get(msg_id)
             parent = (msg.get("parent_header") or {}).get("msg_id")
-            if parent == msg_id:
-                return msg
             if parent:
                 self._replies[parent] = msg
                 while len(self._replies) > 8:  # replies to abandoned requests: nobody asks for them
                     del self._replies[next(iter(self._replies))]
+
+    async def next_iopub(self, msg_id: str, timeout: float) -> dict[str, Any] | None:
+        # One SUB socket for every request (and the user's cells): the caller filters.
+        try:
+            return await self._require_client().get_iopub_msg(timeout=timeout)
+        except Empty:
+            return None
 
 
 async def _reply_on(channel: Any, msg_id: str, until: float) -> dict[str, Any] | None:
@@ -293,7 +353,6 @@ class Execution:
 
         Raises `KernelGone` when the kernel dies or restarts meanwhile.
         """
-        client = self.conn._require_client()
         while not self.finished and not (until_started and self.started):
             now = time.monotonic()
             if now >= deadline:
@@ -304,9 +363,8 @@ class Execution:
                     return
                 self._next_check = time.monotonic() + LIVENESS_INTERVAL
                 continue
-            try:
-                msg = await client.get_iopub_msg(timeout=min(deadline, self._next_check) - now)
-            except Empty:
+            msg = await self.conn.next_iopub(self.msg_id, min(deadline, self._next_check) - now)
+            if msg is None:
                 continue
             header = msg.get("header") or {}
             content = msg.get("content") or {}
@@ -333,6 +391,5 @@ class Execution:
             raise KernelGone("The kernel died.")
         reply = await self.conn.poll_reply(self.msg_id)
         if reply is not None:
-            self.conn._replies[self.msg_id] = reply
             if (reply.get("content") or {}).get("status") == "aborted":
                 self.aborted = self.finished = True

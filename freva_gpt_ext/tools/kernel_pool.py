@@ -6,6 +6,10 @@
   every user: `<kernel_root>/<user>/<thread_id>/`), with an allow-listed environment (`kernel_env.py`) plus
   `THREAD_ID` and the Freva configuration. Shut down when idle (the reaper), when its thread is deleted and when the
   server stops.
+- On a kernel gateway (the server runs with `--GatewayClient.url`) the same, through the server's gateway kernel
+  manager, with our own websocket connection (`gateway_connection.py`); each start names the thread's owner as
+  `KERNEL_USERNAME`, and the working directory is `gateway_kernel_root` (the gateway's own when empty): the server's
+  folders need not exist where the kernels run.
 - Connections of our own to the users' notebook kernels, which we never shut down; closed when idle.
 """
 
@@ -24,12 +28,15 @@ import zmq.asyncio
 
 from ..variants import THREAD_ID_RE
 from .base import ToolContext
-from .kernel_client import KernelConnection, KernelGone, maybe_await
+from .gateway_connection import GatewayConnection, on_gateway
+from .kernel_client import KernelConnection, KernelGone, ZmqKernelConnection, maybe_await
 from .kernel_env import kernel_environment
 
 CONFIG_HEADERS = ("freva-config", "x-freva-config-path")
 CONFIG_ENV = "EVALUATION_SYSTEM_CONFIG_FILE"
 _FOLDER_SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+# Seconds between further shutdown requests for a gateway kernel (about 8 s in all, less than a server's stop).
+GATEWAY_SHUTDOWN_RETRIES = (0.5, 1.0, 2.0, 4.0)
 
 
 class KernelFailure(Exception):
@@ -80,9 +87,13 @@ class KernelPool:
         kernel_env: Iterable[str] = (),
         withheld_env: Collection[str] = (),
         folder_per_user: bool = False,
+        gateway_kernel_root: str = "",
         log: logging.Logger | None = None,
     ) -> None:
         self.km = kernel_manager
+        # Kernels on a kernel gateway: started there, reached through our websocket connection.
+        self.gateway = on_gateway(kernel_manager)
+        self.gateway_kernel_root = gateway_kernel_root
         self.session_manager = session_manager
         self.kernel_root = Path(kernel_root).expanduser().absolute()
         self.kernel_name = kernel_name or None
@@ -110,6 +121,11 @@ class KernelPool:
         """The owner of the thread whose kernel this is; None when it is no per-thread kernel of ours."""
         return self._owners.get(kernel_id)
 
+    def _connection(self, kernel_id: str, *, thread_id: str | None = None) -> KernelConnection:
+        if self.gateway:
+            return GatewayConnection(self.km, kernel_id, thread_id=thread_id)
+        return ZmqKernelConnection(self.km, kernel_id, self._context, thread_id=thread_id)
+
     async def kernel_spec_of(self, ctx: ToolContext) -> str | None:
         """The kernel spec of the kernel this turn's code runs in (None: a notebook kernel that is gone)."""
         if not (ctx.kernel_id or ctx.notebook_path):
@@ -117,7 +133,12 @@ class KernelPool:
         kernel_id = ctx.kernel_id or await self._kernel_of_notebook(ctx.notebook_path)
         if not kernel_id or kernel_id not in self.km:
             return None
-        return getattr(self.km.get_kernel(kernel_id), "kernel_name", None) or None
+        kernel = self.km.get_kernel(kernel_id)
+        # A gateway kernel's manager keeps the gateway's model of it, the only place that names its spec.
+        model = getattr(kernel, "kernel", None) if self.gateway else None
+        if isinstance(model, dict) and model.get("name"):
+            return str(model["name"])
+        return getattr(kernel, "kernel_name", None) or None
 
     # -- notebook kernels ---------------------------------------------------------------------------------
     async def user_connection(self, ctx: ToolContext) -> KernelConnection:
@@ -137,7 +158,7 @@ class KernelPool:
                 conn.close()
                 conn = None
             if conn is None:
-                conn = KernelConnection(self.km, kernel_id, self._context)
+                conn = self._connection(kernel_id)
                 try:
                     await conn.connect(self.ready_timeout)
                 except (KernelGone, TimeoutError) as err:
@@ -178,20 +199,29 @@ class KernelPool:
 
     async def start_kernel(self, ctx: ToolContext) -> KernelConnection:
         """A new kernel for the turn's thread, connected and ready (not yet the thread's: see `adopt`)."""
-        # Standalone, one account serves every user: a folder per user keeps their threads apart.
-        cwd = self.kernel_root / user_folder(ctx.owner) if self.folder_per_user else self.kernel_root
-        cwd /= ctx.thread_id
         env = self.environment()
         env["THREAD_ID"] = ctx.thread_id
         config = freva_config_file(ctx.headers, self.evaluation_system_config_file)
         if config:
             env[CONFIG_ENV] = config
+        cwd: Path | str | None
+        if self.gateway:
+            # Enterprise Gateway starts a kernel as this user (impersonation, a pod or batch job of theirs) only
+            # when the start names them; jupyter_server forwards every KERNEL_* variable of `env`.
+            env["KERNEL_USERNAME"] = ctx.owner
+            cwd = self.gateway_kernel_root or None
+        else:
+            # Standalone, one account serves every user: a folder per user keeps their threads apart.
+            cwd = self.kernel_root / user_folder(ctx.owner) if self.folder_per_user else self.kernel_root
+            cwd /= ctx.thread_id
+        options: dict[str, Any] = {"kernel_name": self.kernel_name, "env": env}
+        if cwd is not None:
+            options["cwd"] = str(cwd)
         try:
-            await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
+            if isinstance(cwd, Path):
+                await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
             # Shielded: a stop while the kernel starts must not leave a kernel nobody knows of.
-            start = asyncio.ensure_future(
-                maybe_await(self.km.start_kernel(kernel_name=self.kernel_name, cwd=str(cwd), env=env))
-            )
+            start = asyncio.ensure_future(maybe_await(self.km.start_kernel(**options)))
             try:
                 kernel_id = await asyncio.shield(start)
             except asyncio.CancelledError:
@@ -203,8 +233,9 @@ class KernelPool:
             spec = self.kernel_name or "the default kernel"
             raise KernelFailure(f"Could not start a kernel ({spec}): {type(err).__name__}: {err}") from err
         self._owners[str(kernel_id)] = ctx.owner
-        self.log.info("Started kernel %s for thread %s in %s", kernel_id, ctx.thread_id, cwd)
-        conn = KernelConnection(self.km, str(kernel_id), self._context, thread_id=ctx.thread_id)
+        where = cwd or "the gateway's working directory"
+        self.log.info("Started kernel %s for thread %s in %s", kernel_id, ctx.thread_id, where)
+        conn = self._connection(str(kernel_id), thread_id=ctx.thread_id)
         try:
             await conn.connect(self.ready_timeout)
         except BaseException as err:
@@ -272,12 +303,22 @@ class KernelPool:
         return task
 
     async def _shutdown_now(self, kernel_id: str) -> None:
+        # A gateway refuses (HTTP 500) to shut down a kernel while it restarts one that died: ask again.
+        retries = GATEWAY_SHUTDOWN_RETRIES if self.gateway else ()
         try:
-            if kernel_id in self.km:
-                await maybe_await(self.km.shutdown_kernel(kernel_id))
-                self.log.info("Shut down kernel %s", kernel_id)
-        except Exception as err:  # already gone, or going
-            self.log.debug("Kernel %s did not shut down cleanly: %s", kernel_id, err)
+            for delay in (*retries, None):
+                if kernel_id not in self.km:
+                    return
+                try:
+                    await maybe_await(self.km.shutdown_kernel(kernel_id))
+                    self.log.info("Shut down kernel %s", kernel_id)
+                    return
+                except Exception as err:  # already gone, or going
+                    if delay is None:
+                        level = logging.WARNING if self.gateway and kernel_id in self.km else logging.DEBUG
+                        self.log.log(level, "Kernel %s did not shut down cleanly: %s", kernel_id, err)
+                        return
+                await asyncio.sleep(delay)
         finally:
             self._owners.pop(kernel_id, None)
 

@@ -23,7 +23,7 @@ import { Block, Conversation, codeFromArguments } from './conversation';
 import { notebookStem, writeUnique } from './exportfile';
 import { NotebookBridge } from './notebook';
 import { ICodeData, IErrorData, IToolData, MIME } from './renderers';
-import { ServiceState, serviceState } from './service';
+import { ServiceState, serviceState, shouldReask, singleFlight } from './service';
 
 declare module '@jupyter/chat' {
   interface IMessageMetadata {
@@ -212,23 +212,28 @@ export class FrevaChatModel extends AbstractChatModel {
 
   /**
    * Load the model names (keep `preferred` selected when it is one of them) and with them the state of the
-   * service. Its problems are shown in the panel, not as notifications.
+   * service. Its problems are shown in the panel, not as notifications. A call while they are being asked
+   * for gets that answer.
    */
-  async loadModels(preferred = ''): Promise<void> {
-    try {
-      const { models, detail } = await this.api.availableChatbots();
-      // With no model, `ping` tells why in full (the header holds one shortened line).
-      const ping = models.length ? null : await this.api.ping().catch(() => null);
-      this._models = models;
-      this._service = serviceState(models, detail, ping);
-    } catch (error) {
-      this._models = [];
-      this._service = { kind: 'unreachable', detail: errorText(error) };
+  loadModels(preferred = ''): Promise<void> {
+    if (preferred) {
+      // Models found later (discovery) are offered with the same preference.
+      this._preferred = preferred;
     }
-    if (!this._models.includes(this._chatbot)) {
-      this._chatbot = this._models.includes(preferred) ? preferred : (this._models[0] ?? '');
-    }
-    this._stateChanged.emit();
+    return this._load();
+  }
+
+  /**
+   * Ask for the models again when none is known (the panel was shown or focused): one may have appeared
+   * since, e.g. a local model server the server's discovery found. A request that runs already is joined.
+   */
+  refreshModels(): Promise<void> {
+    return shouldReask(this._models, this._service) ? this._load() : Promise.resolve();
+  }
+
+  /** Whether the models (and with none, why) are being asked for right now. */
+  get askingForModels(): boolean {
+    return this._askingForModels;
   }
 
   createChatContext(): IChatContext {
@@ -631,6 +636,27 @@ export class FrevaChatModel extends AbstractChatModel {
     }
   }
 
+  private async _fetchModels(): Promise<void> {
+    this._askingForModels = true;
+    this._stateChanged.emit();
+    try {
+      const { models, detail } = await this.api.availableChatbots();
+      // With no model, `ping` tells why in full (the header holds one shortened line).
+      const ping = models.length ? null : await this.api.ping().catch(() => null);
+      this._models = models;
+      this._service = serviceState(models, detail, ping);
+    } catch (error) {
+      this._models = [];
+      this._service = { kind: 'unreachable', detail: errorText(error) };
+    }
+    if (!this._models.includes(this._chatbot)) {
+      const preferred = this._preferred;
+      this._chatbot = this._models.includes(preferred) ? preferred : (this._models[0] ?? '');
+    }
+    this._askingForModels = false;
+    this._stateChanged.emit();
+  }
+
   private _bot(model: string | null): IUser {
     const name = this.trans.__('FrevaGPT');
     return {
@@ -653,6 +679,9 @@ export class FrevaChatModel extends AbstractChatModel {
   private _notice: StatusKey | null = null;
   private _models: string[] = [];
   private _service: ServiceState = { kind: 'loading' };
+  private _preferred = '';
+  private _askingForModels = false;
+  private _load = singleFlight(() => this._fetchModels());
   private _chatbot = '';
   private _runInKernel = false;
   private _pendingCell: ICellContext | null = null;

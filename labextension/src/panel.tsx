@@ -150,12 +150,27 @@ function ServiceNotice(props: { model: FrevaChatModel; trans: TranslationBundle 
       return (
         <div className="freva-gpt-notice" data-kind={service.kind} role="status">
           <div className="freva-gpt-notice-title">{trans.__('No model is configured')}</div>
+          {service.detail && (
+            <div className="freva-gpt-notice-detail" data-server-detail="">
+              {service.detail}
+            </div>
+          )}
           <div>
             {trans.__(
               'To add one, set FREVAGPT_LITELLM_CONFIG to a model catalogue, a YAML file like examples/litellm_config.yaml of the FrevaGPT repository.'
             )}
           </div>
           <div>{trans.__('Then restart JupyterLab: the catalogue is read at start.')}</div>
+          <div>
+            {trans.__(
+              'Or, on your own computer, start a model server on it: FrevaGPT finds it by itself. Ollama (ollama serve, then ollama pull <model>), or the OpenAI-compatible server of llama.cpp (port 8080) or vLLM (port 8000).'
+            )}
+          </div>
+          <div>
+            {trans.__(
+              'On a JupyterHub your administrator configures the models. The panel looks again whenever you open it or click into it.'
+            )}
+          </div>
         </div>
       );
     case 'unreachable':
@@ -903,6 +918,9 @@ export class FrevaPanel extends Panel {
     this.model.stateChanged.connect(this._onStateChanged, this);
     this.model.flushed.connect(this._onFlushed, this);
     this._onStateChanged();
+    // A click on the notice's text focuses nothing, yet is the user turning back to the panel.
+    this.node.addEventListener('focusin', this._refreshModels);
+    this.node.addEventListener('pointerdown', this._refreshModels);
   }
 
   readonly model: FrevaChatModel;
@@ -961,6 +979,7 @@ export class FrevaPanel extends Panel {
   }
 
   protected onAfterShow(): void {
+    this._refreshModels();
     // The chat renders once the panel shows for the first time.
     requestAnimationFrame(() => {
       this._onFlushed();
@@ -970,10 +989,16 @@ export class FrevaPanel extends Panel {
     });
   }
 
+  protected onActivateRequest(): void {
+    this._refreshModels();
+  }
+
   dispose(): void {
     if (this.isDisposed) {
       return;
     }
+    this.node.removeEventListener('focusin', this._refreshModels);
+    this.node.removeEventListener('pointerdown', this._refreshModels);
     this._follower.dispose();
     this._chatObserver.disconnect();
     this._contextRoot.unmount();
@@ -983,10 +1008,19 @@ export class FrevaPanel extends Panel {
     super.dispose();
   }
 
+  /**
+   * Whenever the user turns to the panel while it has no model: a model server may have started since
+   * (the model asks only while none is known, and joins a request that runs already).
+   */
+  private _refreshModels = (): void => {
+    void this.model.refreshModels();
+  };
+
   private _onStateChanged(): void {
-    // For people and tests: which thread the panel shows, and whether it streams.
+    // For people and tests: which thread the panel shows, whether it streams, whether it asks for the models.
     this.node.dataset.threadId = this.model.threadId ?? '';
     this.node.dataset.streaming = String(this.model.streaming);
+    this.node.dataset.askingModels = String(this.model.askingForModels);
     this._refreshInput();
     const streaming = this.model.streaming;
     if (streaming !== this._wasStreaming) {

@@ -12,8 +12,11 @@ export type ServiceState =
   /** Not asked yet. */
   | { kind: 'loading' }
   | { kind: 'ready' }
-  /** The catalogue is fine but lists no chat model. */
-  | { kind: 'no-model' }
+  /**
+   * The catalogue is fine but lists no chat model (or there is none); `detail`: the server's one line on
+   * it, e.g. what model discovery found or refused (`null`: none).
+   */
+  | { kind: 'no-model'; detail: string | null }
   /** The catalogue cannot be read or is invalid. */
   | { kind: 'degraded'; detail: string }
   /** `availablechatbots` failed (e.g. 404: the server extension did not load). */
@@ -33,8 +36,9 @@ export function degradedDetail(ping: unknown): string | null {
 /**
  * The state after `availablechatbots` answered `models`, with its detail header (`null`: none) and, when the
  * list is empty, the answer of `ping` (`null`: none or failed). A degraded ping holds the full text (the
- * header only one shortened line of it); a ping that is `ok` means the catalogue is fine, only empty (the
- * header then repeats the hint the help shows). Without an answer of ping the header is all there is.
+ * header only one shortened line of it); a ping that is `ok` means the catalogue is fine, only empty: the
+ * header then says what the server looked at (the model servers discovery asked or refused, else the hint
+ * the help shows too). Without an answer of ping the header is all there is.
  */
 export function serviceState(models: readonly string[], header: string | null, ping: unknown): ServiceState {
   if (models.length) {
@@ -44,8 +48,38 @@ export function serviceState(models: readonly string[], header: string | null, p
   if (full) {
     return { kind: 'degraded', detail: full };
   }
-  const detail = header?.trim();
-  return detail && !isOk(ping) ? { kind: 'degraded', detail } : { kind: 'no-model' };
+  const detail = header?.trim() || null;
+  if (detail && !isOk(ping)) {
+    return { kind: 'degraded', detail };
+  }
+  // The server's generic hint says what the notice's help says already.
+  return { kind: 'no-model', detail: detail?.startsWith(GENERIC_HINT) ? null : detail };
+}
+
+/** How the server's hint begins when it has nothing more to say than "add a catalogue" (discovery off). */
+const GENERIC_HINT = 'No chat model is configured:';
+
+/**
+ * Whether the panel asks for the models again when it has a reason to (it was shown or focused): only
+ * while none is known, since one may have appeared since (a model server started that the server's
+ * discovery finds), and not before the first answer (that one brings the preferred model along).
+ */
+export function shouldReask(models: readonly string[], state: ServiceState): boolean {
+  return !models.length && state.kind !== 'loading';
+}
+
+/**
+ * `task`, one run at a time: a call while it runs gets that run's promise, so that reasons to ask that come
+ * together (shown, activated, focused) make one request.
+ */
+export function singleFlight<T>(task: () => Promise<T>): () => Promise<T> {
+  let running: Promise<T> | null = null;
+  return () => {
+    running ??= task().finally(() => {
+      running = null;
+    });
+    return running;
+  };
 }
 
 function isOk(ping: unknown): boolean {
